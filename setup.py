@@ -23,6 +23,7 @@ setup(
         "safetensors>=0.4",
         "ai-edge-litert>=2.0",
         "ai-edge-quantizer>=0.10",
+        "matplotlib>=3.7",  # report and visualize plots
     ],
     extras_require={"test": ["pytest>=8"]},
 )

@@ -92,7 +92,7 @@ class Source:
     data: str | None
 
 
-def _pixel_scale(values, what):
+def pixel_scale(values, what):
     """Per-channel float32 stats on the 0-255 scale.
 
     The workdir contract stores 0-255 values; values all <= 1 are read as the 0-1 scale
@@ -119,8 +119,8 @@ def source_from_workdir(workdir, weights=None):
         model_config=dict(run["model_config"]),
         weights=weights,
         class_names=tuple(run["class_names"]) if run.get("class_names") else None,
-        mean=_pixel_scale(run["mean"], "run.json mean"),
-        std=_pixel_scale(run["std"], "run.json std"),
+        mean=pixel_scale(run["mean"], "run.json mean"),
+        std=pixel_scale(run["std"], "run.json std"),
         crop_ratio=float(run.get("crop_ratio", 1.0)),
         data=run.get("data"),
     )
@@ -140,8 +140,8 @@ def source_from_model(name, checkpoint=None, **config):
         model_config={k: v for k, v in config.items() if v is not None},
         weights=checkpoint,
         class_names=None,
-        mean=_pixel_scale(IMAGENET_MEAN, "mean"),
-        std=_pixel_scale(IMAGENET_STD, "std"),
+        mean=pixel_scale(IMAGENET_MEAN, "mean"),
+        std=pixel_scale(IMAGENET_STD, "std"),
         crop_ratio=DEFAULT_CROP_RATIO,
         data=None,
     )
@@ -563,6 +563,7 @@ def model_card(*, stem, fmt, source, model, graph_name, content, graph, kind, ch
         "model": source.model_name,
         "family": type(model).family,
         "model_config": dict(source.model_config),
+        "weights": source.weights,
         "pruning": config.get("pruning"),
         "tokens_per_block": list(cost.tokens_per_block),
         "gflops": cost.gflops,
@@ -874,7 +875,8 @@ def _define_flags():
     flags.DEFINE_list("keep_ratios", ["0.7", "0.49", "0.343"], "--model only: keep ratios.")
     flags.DEFINE_list("formats", ["fp32"], f"Any of {', '.join(FORMATS)}.")
     flags.DEFINE_bool("gpu_friendly", False, "Also export _gpu fp32/fp16 with matmul selection.")
-    flags.DEFINE_string("output_dir", None, "Default: tflite_models/<run or model name>.")
+    flags.DEFINE_string("name", None, "File stem; default: the run's folder or the model name.")
+    flags.DEFINE_string("output_dir", None, "Default: tflite_models/<name>.")
     flags.DEFINE_string("eval_data", None, "Evaluation (and, without a workdir, calibration) "
                         "data: cifar10_embedded, folder:<path> or tfds:<name>.")
     flags.DEFINE_integer("eval_examples", 500, "Evaluation images per format.", lower_bound=1)
@@ -899,6 +901,10 @@ def main(argv):
                 FLAGS.pruning_method, FLAGS.pruning_locations, FLAGS.keep_ratios)
         source = source_from_model(FLAGS.model, FLAGS.checkpoint, image_size=FLAGS.image_size,
                                    num_classes=FLAGS.num_classes, pruning=pruning)
+    if FLAGS.name:
+        if not FLAGS.name.replace("_", "").replace("-", "").isalnum():
+            raise SpvitError(f"--name={FLAGS.name!r}: use letters, digits, '_' and '-' only")
+        source = dataclasses.replace(source, name=FLAGS.name)
     options = Options(
         formats=tuple(FLAGS.formats), io=FLAGS.io,
         output_dir=FLAGS.output_dir or os.path.join("tflite_models", source.name),

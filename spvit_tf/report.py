@@ -1,0 +1,218 @@
+"""The results table and plots, regenerated from committed run logs only.
+
+    python -m spvit_tf.report --results=results/cifar10 [--readme=README.md]
+
+Reads every training workdir under `--results` (`run.json`, `flags.txt`, `final/eval.json`),
+the model cards of their `.tflite` exports (`--tflite_dirs`; a card names the weights it was
+exported from, which ties it to its run) and the host benchmark's `results.json`. Writes
+`results.md` (the table) and `top1_vs_gflops.png` / `latency_vs_gflops.png` into `--results`;
+with `--readme`, the table replaces the part of that file between the results markers.
+Nothing is measured here: a missing log is a clear error or an empty cell, never a number.
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+
+from absl import app, flags
+
+from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write, read_run
+
+BEGIN, END = "<!-- results:start -->", "<!-- results:end -->"
+METHOD_ORDER = ("dense", "spvit", "hard", "evit", "static")
+METHOD_LABEL = {"dense": "teacher (dense)", "spvit": "SPViT (ours)",
+                "hard": "hard drop (DynamicViT-style)", "evit": "EViT (CLS attention + fused token)",
+                "static": "static centre crop"}
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What the logs say about one run and its exports."""
+
+    name: str
+    method: str
+    budget_gflops: float | None
+    gflops: float
+    top1: float
+    examples: int
+    keep_ratios: tuple = ()
+    tflite: dict = dataclasses.field(default_factory=dict)  # format -> card
+    latency_ms: dict = dataclasses.field(default_factory=dict)  # (format, threads) -> median
+
+
+def _flag_value(flagfile, name):
+    for line in pathlib.Path(flagfile).read_text().splitlines():
+        if line.startswith(f"--{name}="):
+            return line.split("=", 1)[1]
+    return None
+
+
+def read_runs(results_dir):
+    """RunResult per finished workdir directly under `results_dir`, teacher first."""
+    runs = []
+    for workdir in sorted(pathlib.Path(results_dir).iterdir()):
+        eval_file = workdir / "final" / "eval.json"
+        if not (workdir / "run.json").is_file():
+            continue
+        if not eval_file.is_file():
+            raise SpvitError(f"{workdir} has not finished (no final/eval.json); finish or remove it")
+        run, result = read_run(str(workdir)), json.loads(eval_file.read_text())
+        budget = _flag_value(workdir / "flags.txt", "budget_gflops")
+        runs.append(RunResult(
+            name=workdir.name, method=run["mode"],
+            budget_gflops=float(budget) if budget else None,
+            gflops=result["gflops"], top1=result["eval_top1"], examples=result["eval_examples"],
+            keep_ratios=tuple(result.get("keep_ratios", ())),
+        ))
+    if not runs:
+        raise SpvitError(f"no training workdirs in {results_dir}; run results/<dataset>/run.sh")
+    teachers = [r for r in runs if r.method == "dense"]
+    if len(teachers) != 1:
+        raise SpvitError(f"{results_dir} needs exactly one dense (teacher) run, has {len(teachers)}")
+    return sorted(runs, key=lambda r: (METHOD_ORDER.index(r.method), -(r.budget_gflops or 1e9)))
+
+
+def attach_exports(runs, tflite_dirs, bench_json=None):
+    """Adds each run's export cards and benchmark medians (CPU backend) to `runs`."""
+    by_workdir = {r.name: r for r in runs}
+    for folder in tflite_dirs:
+        for card_file in sorted(pathlib.Path(folder).glob("*.json")):
+            card = json.loads(card_file.read_text())
+            if card.get("format") != "spvit_tf.model_card.v1" or not card.get("weights"):
+                continue
+            workdir = pathlib.Path(card["weights"]).parent.parent.name
+            variant = card["export_format"] + ("_gpu" if card["graph"] != "as trained" else "")
+            if workdir in by_workdir:
+                by_workdir[workdir].tflite[variant] = {**card, "path": str(card_file.with_suffix(".tflite"))}
+    if bench_json:
+        from spvit_tf.bench_results import read_results
+
+        rows, _, _ = read_results(bench_json)
+        for run in runs:
+            for variant, card in run.tflite.items():
+                stem = pathlib.Path(card["file"]).stem
+                for row in rows:
+                    if row.model == stem and row.backend == "cpu" and row.status == "ok":
+                        run.latency_ms[(variant, row.num_threads)] = row.median_ms
+    return runs
+
+
+def _num(value, fmt):
+    return "–" if value is None else format(value, fmt)
+
+
+def markdown_table(runs):
+    """The results table: one row per run, teacher first."""
+    teacher = next(r for r in runs if r.method == "dense")
+    head = ("| method | budget GFLOPs | GFLOPs | keep ratios | top-1 | Δ top-1 | int8 top-1 "
+            "| fp32 ms 1T / 2T | int8 ms 1T / 2T | fp32 / int8 MB |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in runs:
+        fp32, int8 = r.tflite.get("fp32"), r.tflite.get("int8")
+        int8_top1 = int8["evaluation"]["tflite_accuracy"] if int8 and int8.get("evaluation") else None
+        latency = lambda fmt: (f"{_num(r.latency_ms.get((fmt, 1)), '.2f')} / "  # noqa: E731
+                               f"{_num(r.latency_ms.get((fmt, 2)), '.2f')}")
+        size = lambda card: _num(card["size_bytes"] / 1e6 if card else None, ".2f")  # noqa: E731
+        delta = "" if r is teacher else f"{100 * (r.top1 - teacher.top1):+.2f}"
+        lines.append(
+            f"| {METHOD_LABEL[r.method]} | {_num(r.budget_gflops, '.3f')} | {r.gflops:.4f} "
+            f"| {', '.join(f'{k:g}' for k in r.keep_ratios) or '1'} | {100 * r.top1:.2f} | {delta} "
+            f"| {_num(None if int8_top1 is None else 100 * int8_top1, '.2f')} "
+            f"| {latency('fp32')} | {latency('int8')} | {size(fp32)} / {size(int8)} |")
+    examples = {r.examples for r in runs}
+    notes = (f"Top-1 of the Keras model on {', '.join(map(str, sorted(examples)))} test images; "
+             "int8 top-1 of the int8 `.tflite` through the LiteRT interpreter on the same images; "
+             "latency: median of the host benchmark (LiteRT, XNNPACK, batch 1) at 1 and 2 threads.")
+    return "\n".join(lines) + "\n\n" + notes + "\n"
+
+
+def plot(runs, results_dir):
+    """top1_vs_gflops.png and latency_vs_gflops.png in `results_dir`; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"dense": "*", "spvit": "o", "hard": "s", "evit": "^", "static": "D"}
+    paths = []
+    for what, ylabel, value in (
+        ("top1", "top-1 (%)", lambda r, fmt: 100 * r.top1),
+        ("latency", "host latency, 1 thread (ms)", lambda r, fmt: r.latency_ms.get((fmt, 1))),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4.2), dpi=120)
+        formats = ("fp32",) if what == "top1" else ("fp32", "int8")
+        for fmt in formats:
+            for method in METHOD_ORDER:
+                points = sorted((r.gflops, value(r, fmt)) for r in runs if r.method == method
+                                and value(r, fmt) is not None)
+                if not points:
+                    continue
+                xs, ys = zip(*points)
+                label = METHOD_LABEL[method] + ("" if len(formats) == 1 else f", {fmt}")
+                ax.plot(xs, ys, marker=markers[method], linestyle="-" if len(xs) > 1 else "",
+                        markersize=11 if method == "dense" else 7, label=label,
+                        fillstyle="full" if fmt == "fp32" else "none")
+        ax.set_xlabel("GFLOPs (32×32 input)")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = pathlib.Path(results_dir) / f"{what}_vs_gflops.png"
+        tmp = path.with_name(".tmp-" + path.name)
+        fig.savefig(tmp, format="png")
+        plt.close(fig)
+        os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+def replace_section(text, section, where):
+    """`text` with the part between the results markers replaced by `section`."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise SpvitError(f"{where} needs one '{BEGIN}' line followed by one '{END}' line")
+    head, rest = text.split(BEGIN)
+    return head + BEGIN + "\n" + section + END + rest.split(END, 1)[1]
+
+
+def report(results_dir, tflite_dirs, bench_json, readme=None):
+    """Writes results.md and the plots (and the README section); returns the Markdown."""
+    runs = attach_exports(read_runs(results_dir), tflite_dirs, bench_json)
+    table = markdown_table(runs)
+    plots = plot(runs, results_dir)
+    atomic_write(os.path.join(results_dir, "results.md"), table)
+    if readme:
+        base = pathlib.Path(readme).parent.resolve()
+        images = "".join(f"![{p.stem}]({os.path.relpath(p.resolve(), base)}) " for p in plots)
+        text = pathlib.Path(readme).read_text(encoding="utf-8")
+        atomic_write(readme, replace_section(text, table + "\n" + images.strip() + "\n", readme))
+    return table
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
+    results = FLAGS.results
+    if not results or not os.path.isdir(results):
+        raise SpvitError(f"--results={results!r} is not a folder of training workdirs")
+    name = pathlib.Path(results).name
+    tflite_dirs = FLAGS.tflite_dirs or [os.path.join(results, "tflite"),
+                                        os.path.join("tflite_models", name)]
+    bench = FLAGS.bench or os.path.join(results, "bench", "results.json")
+    if FLAGS.bench and not os.path.isfile(bench):
+        raise SpvitError(f"--bench={bench} not found; run python -m spvit_tf.benchmark first")
+    print(report(results, tflite_dirs, bench if os.path.isfile(bench) else None, FLAGS.readme))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("results", None, "Folder of training workdirs (one dense teacher).")
+    flags.DEFINE_list("tflite_dirs", [], "Folders of exported .tflite + cards; default: "
+                      "<results>/tflite and tflite_models/<results name>.")
+    flags.DEFINE_string("bench", None, "Host benchmark results.json; default: "
+                        "<results>/bench/results.json if present.")
+    flags.DEFINE_string("readme", None, "Markdown file whose results section is replaced.")
+    app.run(run_cli(main), flags_parser=parse_flags)

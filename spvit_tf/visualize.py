@@ -1,0 +1,153 @@
+"""Which patches each selector kept: `python -m spvit_tf.visualize --workdir=W [--images=...]`.
+
+One row per image, one column per pruning location: patches still kept stay as they are,
+those dropped at that location are tinted (into the package token for SPViT and EViT,
+discarded for hard/static), those dropped earlier are washed out. The model runs as it ships
+(gathered top-k at the fixed per-stage counts), so the figure is what the `.tflite` computes.
+
+    python -m spvit_tf.visualize --workdir=results/cifar10/spvit_b050 --output=keep.png
+    python -m spvit_tf.visualize --workdir=W --images=cat.jpg,dog.png   # or a folder of images
+"""
+
+import os
+import pathlib
+
+import numpy as np
+from absl import app, flags
+
+from spvit_tf.errors import SpvitError, parse_flags, run_cli
+
+DROPPED_NOW = np.array([230, 60, 40], np.float32)  # tint of tokens dropped at this location
+WASH = 0.8  # how far earlier-dropped patches fade to white
+
+
+def read_images(paths, image_size, crop_ratio):
+    """uint8 (N, S, S, 3) from image files or folders, with the evaluation geometry."""
+    import tensorflow as tf
+
+    from spvit_tf.data import IMAGE_EXTENSIONS, resize_center_crop
+
+    files = []
+    for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise SpvitError(f"--images: {path} does not exist")
+    if not files:
+        raise SpvitError(f"--images={','.join(paths)} holds no {'/'.join(IMAGE_EXTENSIONS)} files")
+    images = []
+    for file in files:
+        try:
+            image = tf.io.decode_image(file.read_bytes(), channels=3, expand_animations=False)
+        except tf.errors.InvalidArgumentError:
+            raise SpvitError(f"{file} is not a readable JPEG/PNG image") from None
+        images.append(tf.cast(tf.round(resize_center_crop(image, image_size, crop_ratio)), tf.uint8))
+    return np.stack([i.numpy() for i in images]), [f.name for f in files]
+
+
+def keep_maps(model, pixels, mean, std):
+    """Per location j: (kept, dropped_here) boolean grids (N, h, w) of that location's stage.
+
+    `mean`/`std` per channel on the 0-255 pixel scale.
+    """
+    normalised = (pixels.astype(np.float32) - mean) / std
+    output = model.forward(normalised, training=False, mode="gather")
+    pruner, maps, previous = model.pruner, [], {}
+    for j, record in enumerate(output.records):
+        h, w = pruner.grid_sizes[j]
+        index = np.asarray(record["index"])
+        kept = np.zeros((len(pixels), h * w), bool)
+        np.put_along_axis(kept, index, True, axis=1)
+        stage = pruner.stage_tokens[j], pruner.grid_sizes[j]
+        before = previous.get(stage, np.ones_like(kept))
+        maps.append((kept.reshape(-1, h, w), (before & ~kept).reshape(-1, h, w)))
+        previous[stage] = kept
+    return maps
+
+
+def _upsample(grid, size):
+    """(h, w) cells -> (size, size) pixels, nearest cell."""
+    h, w = grid.shape
+    return grid[np.arange(size) * h // size][:, np.arange(size) * w // size]
+
+
+def render(pixels, names, maps, titles, output, note):
+    """Draws the figure to `output` (PNG, written atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows, cols, size = len(pixels), len(maps) + 1, pixels.shape[1]
+    fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows + 0.5), squeeze=False)
+    for i, image in enumerate(pixels.astype(np.float32)):
+        axes[i, 0].imshow(image.astype(np.uint8))
+        axes[i, 0].set_ylabel(names[i][:18], fontsize=7)
+        for j, (kept, dropped_now) in enumerate(maps):
+            keep, now = _upsample(kept[i], size)[..., None], _upsample(dropped_now[i], size)[..., None]
+            washed = image + WASH * (255.0 - image)
+            tinted = 0.45 * image + 0.55 * DROPPED_NOW
+            shown = np.where(keep, image, np.where(now, tinted, washed))
+            axes[i, j + 1].imshow(shown.astype(np.uint8))
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    axes[0, 0].set_title("input", fontsize=8)
+    for j, title in enumerate(titles):
+        axes[0, j + 1].set_title(title, fontsize=8)
+    fig.suptitle(note, fontsize=8)
+    fig.tight_layout()
+    output = pathlib.Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(".tmp-" + output.name)
+    fig.savefig(tmp, format="png", dpi=130)
+    plt.close(fig)
+    os.replace(tmp, output)
+
+
+def visualize(workdir, images=(), num_images=6, output="token_keep.png"):
+    """Loads the run, picks the images, renders; returns the output path."""
+    from spvit_tf.export import load_pixels, pixel_scale
+    from spvit_tf.workdir import load_model
+
+    model, run = load_model(workdir)
+    if model.pruner is None:
+        raise SpvitError(f"{workdir} is a dense run: there are no token selections to show")
+    size, crop = run["image_size"], run.get("crop_ratio", 1.0)
+    if images:
+        pixels, names = read_images(images, size, crop)
+    else:
+        pixels, labels, classes = load_pixels(run["data"], "eval", num_images, size, crop)
+        names = [classes[label] for label in labels]
+    mean, std = pixel_scale(run["mean"], "run.json mean"), pixel_scale(run["std"], "run.json std")
+    maps = keep_maps(model, pixels, mean, std)
+    config, pruner = model.pruner.config, model.pruner
+    titles = [f"block {loc}: keep {k}/{g[0] * g[1]}"
+              for loc, k, g in zip(config.locations, pruner.counts, pruner.grid_sizes)]
+    fate = "fused into the package token" if config.has_package else "discarded"
+    note = (f"{pathlib.Path(workdir).name} ({config.method}): red = dropped at this selector, "
+            f"{fate}; faded = dropped earlier")
+    render(pixels, names, maps, titles, output, note)
+    return output
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
+    if not FLAGS.workdir:
+        raise SpvitError("--workdir is required: a pruned python -m spvit_tf.train run")
+    print(visualize(FLAGS.workdir, FLAGS.images, FLAGS.num_images, FLAGS.output))
+
+
+if __name__ == "__main__":
+    flags.DEFINE_string("workdir", None, "A training workdir of a pruned model.")
+    flags.DEFINE_list("images", [], "Image files or folders; default: --num_images test images "
+                      "of the run's data.")
+    flags.DEFINE_integer("num_images", 6, "Test images to show without --images.", lower_bound=1)
+    flags.DEFINE_string("output", "token_keep.png", "PNG to write.")
+    app.run(run_cli(main), flags_parser=parse_flags)

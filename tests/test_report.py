@@ -1,0 +1,162 @@
+"""The results report (table, plots, README section) and the token-keep visualisation."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from spvit_tf import bench_results, report, visualize
+from spvit_tf.errors import SpvitError
+from spvit_tf.workdir import write_run
+from test_export import make_workdir
+
+README = f"# title\n\nintro\n\n{report.BEGIN}\nold table\n{report.END}\n\ntail\n"
+
+
+def fake_run(root, name, mode, top1, gflops, budget=None, ratios=()):
+    workdir = root / name
+    (workdir / "final").mkdir(parents=True)
+    write_run(workdir, {"model": "deit_tiny_patch16_224", "model_config": {}, "mode": mode})
+    (workdir / "flags.txt").write_text(f"--mode={mode}\n" + (
+        f"--budget_gflops={budget}\n" if budget else ""))
+    (workdir / "final" / "eval.json").write_text(json.dumps({
+        "eval_top1": top1, "eval_examples": 10000, "gflops": gflops,
+        **({"keep_ratios": list(ratios)} if ratios else {})}))
+    return workdir
+
+
+def fake_card(folder, workdir, fmt, size, accuracy=None, graph="as trained"):
+    stem = f"cifar10_{workdir.name}{'_gpu' if graph != 'as trained' else ''}_{fmt}"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{stem}.tflite").write_bytes(b"\0" * size)
+    card = {"format": "spvit_tf.model_card.v1", "file": f"{stem}.tflite", "export_format": fmt,
+            "graph": graph, "weights": str(workdir / "final" / "model.weights.h5"),
+            "size_bytes": size,
+            "evaluation": None if accuracy is None else {"tflite_accuracy": accuracy}}
+    (folder / f"{stem}.json").write_text(json.dumps(card))
+    return folder / f"{stem}.tflite"
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A teacher and two pruned runs, their cards, a benchmark, and a README."""
+    root = tmp_path / "results" / "cifar10"
+    teacher = fake_run(root, "teacher", "dense", 0.80, 0.0836)
+    spvit = fake_run(root, "spvit_b050", "spvit", 0.7925, 0.0495, 0.05, (0.631, 0.398))
+    fake_run(root, "evit_b050", "evit", 0.7712, 0.0499, 0.05, (0.664, 0.441))
+    ship = tmp_path / "ship"
+    paths = [fake_card(ship, teacher, "fp32", 4_800_000), fake_card(ship, teacher, "int8", 1_300_000, 0.79),
+             fake_card(ship, spvit, "fp32", 4_900_000), fake_card(ship, spvit, "fp32", 4_900_000,
+                                                                  graph="selection=matmul")]
+    rows = [bench_results.BenchResult.for_model(p, target="host", device="cpu", backend="cpu",
+                                                num_threads=t, runs=10, median_ms=ms)
+            for p, ms in zip(paths, (2.0, 0.5, 1.5, 9.9)) for t, ms in ((1, ms), (2, ms / 2))]
+    bench_results.write_results(tmp_path / "bench", rows)
+    (tmp_path / "README.md").write_text(README)
+    return root, ship, tmp_path / "bench" / "results.json", tmp_path / "README.md"
+
+
+def table_rows(table):
+    return {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in table.splitlines() if line.startswith("| ") and "---" not in line}
+
+
+def test_report_table_numbers_come_from_the_logs(results):
+    root, ship, bench, readme = results
+    table = report.report(str(root), [str(ship)], str(bench), str(readme))
+    rows = table_rows(table)
+    assert list(rows)[1:] == ["teacher (dense)", "SPViT (ours)",
+                              "EViT (CLS attention + fused token)"]  # header, then method order
+    teacher, spvit, evit = (rows[k] for k in list(rows)[1:])
+    assert teacher[:6] == ["–", "0.0836", "1", "80.00", "", "79.00"]
+    assert teacher[6:] == ["2.00 / 1.00", "0.50 / 0.25", "4.80 / 1.30"]
+    assert spvit[:5] == ["0.050", "0.0495", "0.631, 0.398", "79.25", "-0.75"]
+    assert spvit[6:] == ["1.50 / 0.75", "– / –", "4.90 / –"]  # the _gpu variant is not fp32's
+    assert evit[4] == "-2.88" and evit[6] == "– / –"
+    text = readme.read_text()
+    assert text.startswith("# title\n\nintro\n\n" + report.BEGIN + "\n| method")
+    assert "old table" not in text and text.endswith(report.END + "\n\ntail\n")
+    assert "![top1_vs_gflops](results/cifar10/top1_vs_gflops.png)" in text
+    for name in ("top1_vs_gflops.png", "latency_vs_gflops.png"):
+        assert (root / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (root / "results.md").read_text() == table
+    report.report(str(root), [str(ship)], str(bench), str(readme))  # idempotent
+    assert readme.read_text() == text
+
+
+def test_report_refuses_incomplete_inputs(results, tmp_path):
+    root, ship, bench, readme = results
+    readme.write_text("# no markers\n")
+    with pytest.raises(SpvitError, match="results:start"):
+        report.report(str(root), [str(ship)], str(bench), str(readme))
+    assert readme.read_text() == "# no markers\n"
+    (root / "hard_b050").mkdir()
+    write_run(root / "hard_b050", {"mode": "hard"})
+    with pytest.raises(SpvitError, match="hard_b050 has not finished"):
+        report.read_runs(root)
+    with pytest.raises(SpvitError, match="exactly one dense"):
+        report.read_runs(fake_run(tmp_path / "other", "a", "spvit", 0.5, 0.05).parent)
+
+
+@pytest.fixture(scope="module")
+def pruned_workdir(tmp_path_factory):
+    return make_workdir(tmp_path_factory.mktemp("viz") / "run")
+
+
+def test_keep_maps_match_the_masked_decisions(pruned_workdir):
+    """The gathered indices drawn are the tokens the masked graph keeps, location by location."""
+    from spvit_tf.export import load_pixels, pixel_scale
+    from spvit_tf.workdir import load_model
+
+    model, run = load_model(str(pruned_workdir))
+    pixels, _, _ = load_pixels("cifar10_embedded", "eval", 4, 32, 1.0)
+    mean, std = pixel_scale(run["mean"], "mean"), pixel_scale(run["std"], "std")
+    maps = visualize.keep_maps(model, pixels, mean, std)
+    masked = model.forward((pixels.astype(np.float32) - mean) / std, training=False, mode="mask")
+    previous = np.ones((4, 64), bool)
+    for (kept, dropped_now), record, k in zip(maps, masked.records, model.pruner.counts):
+        decision = np.asarray(record["decision"]) > 0.5
+        np.testing.assert_array_equal(kept.reshape(4, -1), decision)
+        assert (kept.reshape(4, -1).sum(1) == k).all()
+        np.testing.assert_array_equal(dropped_now.reshape(4, -1), previous & ~decision)
+        previous = decision
+
+
+def test_visualize_cli(pruned_workdir, tmp_path):
+    image_dir = tmp_path / "images"
+    image_dir.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    import tensorflow as tf
+
+    tf.io.write_file(str(image_dir / "a.png"), tf.io.encode_png(pixels))
+    tf.io.write_file(str(image_dir / "b.jpg"), tf.io.encode_jpeg(pixels))
+    (image_dir / "notes.txt").write_text("not an image")
+    out = tmp_path / "fig" / "keep.png"
+
+    def cli(*flags):
+        return subprocess.run([sys.executable, "-m", "spvit_tf.visualize", *flags], cwd=REPO,
+                              capture_output=True, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+    result = cli(f"--workdir={pruned_workdir}", f"--images={image_dir}", f"--output={out}")
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in out.parent.iterdir()] == ["keep.png"]  # nothing temporary left
+    missing = cli(f"--workdir={pruned_workdir}", f"--images={tmp_path / 'nope.jpg'}",
+                  f"--output={tmp_path / 'x.png'}")
+    assert missing.returncode == 2 and "nope.jpg does not exist" in missing.stderr
+    assert not (tmp_path / "x.png").exists()
+    dense = make_workdir(tmp_path / "dense")
+    run = json.loads((dense / "run.json").read_text())
+    run["model_config"].pop("pruning")
+    write_run(dense, run)
+    import spvit_tf
+
+    spvit_tf.create_model("deit_tiny_patch16_224", **run["model_config"]).save_weights(
+        dense / "final" / "model.weights.h5")
+    refused = cli(f"--workdir={dense}", f"--output={tmp_path / 'x.png'}")
+    assert refused.returncode == 2 and "is a dense run" in refused.stderr
