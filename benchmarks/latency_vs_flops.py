@@ -2,9 +2,11 @@
 
     python benchmarks/latency_vs_flops.py [--model=deit_tiny_patch16_224] [--threads=1]
 
-Exports the dense model and SPViT at DeiT's default schedule (3/6/9, 0.7/0.49/0.343) with
-the exporter's serving graph, times both with the host benchmark (fresh process each,
-median of --runs) and prints the two ratios. Random weights: latency does not depend on them.
+Exports the dense model, SPViT at DeiT's default schedule (3/6/9, 0.7/0.49/0.343) and the
+`static` baseline at the same token counts (no scorer: the floor a selector adds to) with the
+exporter's serving graph, times them with the host benchmark (fresh process each, median of
+--runs) and prints each pruned/dense latency ratio next to its FLOPs ratio. Random weights:
+latency does not depend on them.
 """
 
 import os
@@ -19,7 +21,8 @@ flags.DEFINE_string("model", "deit_tiny_patch16_224", "Registered model name.")
 flags.DEFINE_list("threads", ["1"], "Interpreter thread counts.")
 flags.DEFINE_integer("runs", 100, "Timed invokes per model.")
 FLAGS = flags.FLAGS
-SCHEDULE = dict(method="spvit", locations=(3, 6, 9), keep_ratios=(0.7, 0.49, 0.343))
+SCHEDULE = dict(locations=(3, 6, 9), keep_ratios=(0.7, 0.49, 0.343))
+METHODS = ("spvit", "static")
 
 
 def main(argv):
@@ -28,7 +31,8 @@ def main(argv):
 
     folder = pathlib.Path(tempfile.mkdtemp())
     paths, costs = [], []
-    for stem, pruning in (("dense", None), ("spvit", SCHEDULE)):
+    variants = [("dense", None)] + [(m, dict(SCHEDULE, method=m)) for m in METHODS]
+    for stem, pruning in variants:
         model = spvit_tf.create_model(FLAGS.model, pruning=pruning)
         graph = export.serving_model(model, "float", mean=0.0, std=1.0)
         path = folder / f"{stem}.tflite"
@@ -37,11 +41,12 @@ def main(argv):
         costs.append(flops.model_cost(model).gflops)
     rows = benchmark.run_all(paths, [int(t) for t in FLAGS.threads], ["cpu"], FLAGS.runs, 10, 0)
     for threads in sorted({row.num_threads for row in rows}):
-        dense, pruned = (r.median_ms for r in rows if r.num_threads == threads)
-        latency, flop = pruned / dense, costs[1] / costs[0]
-        print(f"{FLAGS.model} threads={threads}: dense {dense:.2f} ms, spvit {pruned:.2f} ms; "
-              f"latency ratio {latency:.3f}, FLOPs ratio {flop:.3f} "
-              f"({costs[1]:.3f}/{costs[0]:.3f} GFLOPs), latency/FLOPs {latency / flop:.3f}")
+        dense, *pruned = (r.median_ms for r in rows if r.num_threads == threads)
+        for method, ms, cost in zip(METHODS, pruned, costs[1:]):
+            latency, flop = ms / dense, cost / costs[0]
+            print(f"{FLAGS.model} threads={threads}: dense {dense:.2f} ms, {method} {ms:.2f} ms; "
+                  f"latency ratio {latency:.3f}, FLOPs ratio {flop:.3f} "
+                  f"({cost:.3f}/{costs[0]:.3f} GFLOPs), latency/FLOPs {latency / flop:.3f}")
 
 
 if __name__ == "__main__":

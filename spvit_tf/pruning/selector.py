@@ -33,12 +33,17 @@ class HeadwiseDense(keras.layers.Layer):
         )
         self.bias = self.add_weight(name="bias", shape=lead + (self.units,), initializer="zeros")
 
-    def call(self, x):
+    def call(self, x, contrast=False):
+        """`contrast`: one output, unit 0 minus unit 1 (a two-way softmax's logit) in one matmul;
+        the kernel difference is a constant the TFLite converter folds."""
+        kernel, bias = self.kernel, self.bias
+        if contrast:
+            kernel, bias = kernel[..., :1] - kernel[..., 1:], bias[..., :1] - bias[..., 1:]
         if self.shared:
-            return ops.matmul(x, self.kernel) + self.bias
-        if self.kernel.shape[0] == 1:  # one head: a plain matmul (TF's oneDNN batch matmul
-            return ops.matmul(x, self.kernel[0]) + self.bias  # crashes broadcasting 1 to B)
-        return ops.matmul(x, self.kernel) + self.bias[:, None, :]  # (B, H, n, c) @ (H, c, u)
+            return ops.matmul(x, kernel) + bias
+        if kernel.shape[0] == 1:  # one head: a plain matmul (TF's oneDNN batch matmul
+            return ops.matmul(x, kernel[0]) + bias  # crashes broadcasting 1 to B)
+        return ops.matmul(x, kernel) + bias[:, None, :]  # (B, H, n, c) @ (H, c, u)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "shared": self.shared}
@@ -116,8 +121,16 @@ class MultiHeadTokenSelector(keras.layers.Layer):
         x = ops.concatenate([local, context + ops.zeros_like(local)], axis=-1)
         for layer in self.score_mlp[:-1]:
             x = ops.gelu(layer(x), approximate=False)
-        logits = self.score_mlp[-1](x)  # (B, H, n, 2)
-        keep_prob = ops.sum(ops.softmax(logits, axis=-1)[..., :1] * head_weights, axis=1)
+        # Keep probability = softmax over (keep, drop) = sigmoid of their difference: at
+        # inference one output unit and a LOGISTIC, not a 2-wide SOFTMAX and a slice (slow in
+        # XNNPACK); training also needs the log-probabilities of both.
+        last = self.score_mlp[-1]
+        if log_probs:
+            logits = last(x)  # (B, H, n, 2)
+            keep_logit = logits[..., :1] - logits[..., 1:]
+        else:
+            keep_logit = last(x, contrast=True)  # (B, H, n, 1)
+        keep_prob = ops.sum(ops.sigmoid(keep_logit) * head_weights, axis=1)
         keep_prob = ops.reshape(keep_prob, (-1, n))  # not [..., 0]: no shrinking slice (GPU)
         if not log_probs:
             return None, keep_prob

@@ -83,7 +83,7 @@ class TokenState:
         if selection == "gather":
             # The inverse permutation, by sorting positions ascending: zero MACs.
             _, inverse = ops.top_k(-index, index.shape[1])  # int32: stays integer in int8
-            return ops.take_along_axis(tokens, inverse[..., None], axis=1)
+            return gather_rows(tokens, inverse)
         placement = one_hot(index, index.shape[1], tokens.dtype)  # (B, N, N), row i -> index[i]
         return ops.matmul(ops.transpose(placement, (0, 2, 1)), tokens)
 
@@ -137,6 +137,20 @@ def run_block(block, state, training=None):
     return dataclasses.replace(state, x=state.x + mask[:, :, None] * (y - state.x))
 
 
+def gather_rows(x, rows):
+    """x (B, n, ...), rows (B, k) int -> (B, k, ...): each batch item's rows, in that order.
+
+    As one GATHER along the flattened batch: `take_along_axis` lowers to a per-element
+    gather with broadcast index tensors and negative-index SELECTs, several times slower
+    on the TFLite CPU, and a batched GATHER the GPU delegate rejects.
+    """
+    batch, n = ops.shape(x)[0], x.shape[1]
+    offsets = ops.arange(batch, dtype=rows.dtype)[:, None] * n
+    flat = ops.reshape(x, (-1, *x.shape[2:]))
+    picked = ops.take(flat, ops.reshape(rows + offsets, (-1,)), axis=0)
+    return ops.reshape(picked, (-1, rows.shape[1], *x.shape[2:]))
+
+
 def one_hot(index, depth, dtype="float32"):
     """(..., k) int -> (..., k, depth); an EQUAL, not ONE_HOT, so every TFLite delegate has it."""
     return ops.cast(ops.equal(index[..., None], ops.arange(depth, dtype=index.dtype)), dtype)
@@ -178,8 +192,7 @@ def sort_tokens(patches, index, scores, selection):
     """(patches, grid positions, scores) sorted by descending score: kept ones come first."""
     if selection == "gather":
         sorted_scores, order = ops.top_k(scores, scores.shape[1])
-        return (ops.take_along_axis(patches, order[..., None], axis=1),
-                ops.take_along_axis(index, order, axis=1), sorted_scores)
+        return gather_rows(patches, order), gather_rows(index, order), sorted_scores
     order = rank_order(scores)
     n = scores.shape[1]  # reshapes, not [..., 0]: the GPU delegate lacks shrinking slices
     position = ops.reshape(ops.matmul(order, ops.cast(index, scores.dtype)[..., None]), (-1, n))
