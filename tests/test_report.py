@@ -67,7 +67,7 @@ def table_rows(table):
 
 def test_report_table_numbers_come_from_the_logs(results):
     root, ship, bench, readme = results
-    table = report.report(str(root), [str(ship)], str(bench), str(readme))
+    table = report.report(str(root), [str(ship)], str(bench), str(readme), shipped=str(ship))
     rows = table_rows(table)
     assert list(rows)[1:] == ["teacher (dense)", "SPViT (ours)",
                               "EViT (CLS attention + fused token)"]  # header, then method order
@@ -86,6 +86,12 @@ def test_report_table_numbers_come_from_the_logs(results):
     assert (root / "results.md").read_text() == table
     report.report(str(root), [str(ship)], str(bench), str(readme))  # idempotent
     assert readme.read_text() == text
+    files = table_rows((ship / "README.md").read_text())
+    assert files["`cifar10_teacher_int8.tflite`"] == [
+        "teacher", "int8", "as trained", "1.30", "79.00", "–", "0.50 / 0.25", "–"]
+    assert files["`cifar10_spvit_b050_gpu_fp32.tflite`"][1:] == [
+        "fp32", "selection=matmul", "4.90", "–", "–", "9.90 / 4.95", "–"]
+    assert len(files) == 5  # header + the four shipped files
 
 
 def test_report_refuses_incomplete_inputs(results, tmp_path):

@@ -1,0 +1,86 @@
+"""Host latency of one token-pruning step in isolation (fp32 TFLite, batch 1).
+
+    python benchmarks/selection_step.py [--threads=1] [--runs=300]
+
+One DeiT-Ti location (197 tokens of width 192, 3 heads, keep 0.7) as its own TFLite model:
+for each method, the scorer, top-k selection and package token, with the kept rows gathered
+by `gather_rows` (the library's flat GATHER) and, for comparison, by `take_along_axis`
+(what the library used before). Prints median milliseconds per invoke and the op count.
+"""
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_integer("threads", 1, "Interpreter threads.")
+flags.DEFINE_integer("runs", 300, "Timed invokes per model.")
+FLAGS = flags.FLAGS
+TOKENS, DIM, HEADS, GRID = 196, 192, 3, (14, 14)
+
+
+def take_along_axis_rows(x, rows):
+    from keras import ops
+
+    if len(x.shape) == 2:
+        return ops.take_along_axis(x, rows, axis=1)
+    return ops.take_along_axis(x, rows[..., None], axis=1)
+
+
+def step_model(method):
+    """A Keras model: tokens (1, 1 + n, D) -> the sequence after one pruning step."""
+    import keras
+
+    from spvit_tf.pruning.tokens import TokenPruner, TokenState
+
+    class Step(keras.Model):
+        def __init__(self):
+            super().__init__()
+            pruning = dict(method=method, locations=[3], keep_ratios=[0.7])
+            self.pruner = TokenPruner(pruning, [DIM], [HEADS], [TOKENS], [GRID])
+            self.pruner.build()
+
+        def call(self, x):
+            state = TokenState.start(x, 1, TOKENS, masked=False)
+            return self.pruner.step(0, state, None, "gather")[0].x
+
+    inputs = keras.Input((TOKENS + 1, DIM), batch_size=1)
+    return keras.Model(inputs, Step()(inputs))
+
+
+def time_model(content):
+    import numpy as np
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_content=content, num_threads=FLAGS.threads)
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    rng = np.random.default_rng(0)
+    interpreter.set_tensor(detail["index"], rng.random(detail["shape"], np.float32))
+    for _ in range(30):
+        interpreter.invoke()
+    times = []
+    for _ in range(FLAGS.runs):
+        start = time.perf_counter()
+        interpreter.invoke()
+        times.append(time.perf_counter() - start)
+    return 1e3 * float(np.median(times)), len(interpreter._get_ops_details())
+
+
+def main(argv):
+    from spvit_tf import export
+    from spvit_tf.pruning import tokens
+
+    flat_gather = tokens.gather_rows
+    for method in ("spvit", "hard", "static"):
+        for name, gather in (("gather_rows", flat_gather), ("take_along_axis", take_along_axis_rows)):
+            tokens.gather_rows = gather
+            ms, ops = time_model(export.convert(step_model(method), "fp32"))
+            print(f"{method:6s} {name:16s} {ms:.4f} ms  {ops} ops  (threads={FLAGS.threads})")
+    tokens.gather_rows = flat_gather
+
+
+if __name__ == "__main__":
+    app.run(main)
