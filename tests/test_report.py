@@ -166,3 +166,19 @@ def test_visualize_cli(pruned_workdir, tmp_path):
         dense / "final" / "model.weights.h5")
     refused = cli(f"--workdir={dense}", f"--output={tmp_path / 'x.png'}")
     assert refused.returncode == 2 and "is a dense run" in refused.stderr
+
+
+def test_readme_results_are_the_committed_logs():
+    """The README's table, results.md and the shipped files' README regenerate exactly."""
+    results = REPO / "results" / "cifar10"
+    shipped = REPO / "tflite_models" / "cifar10"
+    runs = report.attach_exports(report.read_runs(results), [results / "tflite", shipped],
+                                 results / "bench" / "results.json")
+    assert {r.method for r in runs} == {"dense", "spvit", "hard", "evit", "static"}
+    assert len([r for r in runs if r.method == "spvit"]) >= 3
+    table = report.markdown_table(runs)
+    readme = (REPO / "README.md").read_text()
+    assert f"{report.BEGIN}\n{table}" in readme
+    assert (results / "results.md").read_text() == table
+    assert (shipped / "README.md").read_text() == (
+        report.FILES_HEADER.format(name="cifar10") + report.files_table(runs, shipped))

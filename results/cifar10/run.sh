@@ -38,7 +38,9 @@ for run in hard_b050 evit_b050 static_b050 spvit_b063 spvit_b038; do
   export_run $run $R/tflite --formats=fp32,int8
 done
 
-models=$(ls $SHIP/*.tflite $R/tflite/*.tflite | grep -v _gpu_ | grep -v fpga | paste -sd, -)
+# Every file, the teacher's fp32 first: the benchmark compares the others with the first.
+models=$(ls $SHIP/cifar10_teacher_fp32.tflite; ls $SHIP/*.tflite $R/tflite/*.tflite | grep -v teacher_fp32)
+models=$(echo "$models" | paste -sd, -)
 [[ -f $R/bench/results.json ]] || python -m spvit_tf.benchmark --models="$models" \
   --num_threads=1,2 --runs=100 --output_dir=$R/bench
 python -m spvit_tf.visualize --workdir=$R/spvit_b050 --num_images=6 --output=$R/token_keep.png
