@@ -188,22 +188,73 @@ def convert_state_dict(model, state, replace_head=False):
     return assignments
 
 
+def _stored_tensor_count(path):
+    """How many arrays a `.weights.h5` holds (Keras ignores extra ones when loading)."""
+    import h5py
+
+    count = 0
+
+    def visit(_, item):
+        nonlocal count
+        count += isinstance(item, h5py.Dataset)
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(visit)
+    except OSError as error:
+        raise SpvitError(f"{path} is not a readable Keras .weights.h5 file ({error})") from None
+    return count
+
+
+def _load_keras_weights(model, path):
+    """Strict `.weights.h5` loading: the same tensors as `model`, or, for a pruned `model`, a
+    dense model's (a teacher's weights starting a fine-tune: the selectors stay fresh)."""
+    if not os.path.isfile(path):
+        raise SpvitError(f"checkpoint {path} does not exist; pass the path of a weights file")
+    stored, problem = _stored_tensor_count(path), None
+    if stored == len(model.weights):
+        snapshot = [v.numpy() for v in model.weights]
+        try:
+            model.load_weights(path)
+            return
+        except (ValueError, OSError, KeyError) as error:
+            for variable, value in zip(model.weights, snapshot):
+                variable.assign(value)
+            problem = str(error).splitlines()[0]
+    elif model.pruner is not None and _load_dense_weights(model, path, stored):
+        return
+    problem = problem or f"{stored} tensors stored, the model has {len(model.weights)}"
+    raise SpvitError(
+        f"Keras weights {path} do not fit {model.name} ({problem}); build the model with the "
+        "same name and options it was trained with"
+    )
+
+
+def _load_dense_weights(model, path, stored):
+    """Loads a dense model's weights into pruned `model`; False when they do not fit."""
+    config = {**model.get_config(), "pruning": None}
+    config.pop("name", None)
+    dense = type(model)(**config, name=model.name)
+    dense.build_weights()
+    if stored != len(dense.weights):
+        return False
+    try:
+        dense.load_weights(path)
+    except (ValueError, OSError, KeyError):
+        return False
+    targets = model.timm_variables()
+    for key, (variable, _) in dense.timm_variables().items():
+        targets[key][0].assign(variable)
+    log.info("loaded the dense weights %s into %s; token selectors %s freshly initialised", path,
+             model.name, ", ".join(s.name for s in model.pruner.selectors) or "(none)")
+    return True
+
+
 def load_checkpoint(model, path, replace_head=False):
     """Loads `path` into `model` (built): a timm-style state dict or Keras `.weights.h5`."""
     path = os.fspath(path)
     if path.endswith(KERAS_WEIGHTS_SUFFIX):
-        if not os.path.isfile(path):
-            raise SpvitError(f"checkpoint {path} does not exist; pass the path of a weights file")
-        snapshot = [v.numpy() for v in model.weights]
-        try:
-            model.load_weights(path)
-        except (ValueError, OSError, KeyError) as error:
-            for variable, value in zip(model.weights, snapshot):
-                variable.assign(value)
-            raise SpvitError(
-                f"Keras weights {path} do not fit {model.name} ({error}); "
-                "build the model with the same name and options it was trained with"
-            ) from None
+        _load_keras_weights(model, path)
         return
     assignments = convert_state_dict(model, read_state_dict(path), replace_head)
     for variable, value in assignments:

@@ -83,6 +83,37 @@ def test_keras_weights_reload_through_checkpoint(tmp_path):
     np.testing.assert_allclose(reloaded(images), model(images), atol=1e-6)
 
 
+def test_dense_keras_weights_start_a_pruned_model(tmp_path):
+    """A teacher's .weights.h5 loads into its pruned twin: backbone copied, selectors fresh."""
+    config = dict(image_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2, num_classes=5)
+    dense = spvit_tf.create_model("deit_tiny_patch16_224", **config)
+    path = tmp_path / "teacher.weights.h5"
+    dense.save_weights(path)
+    pruning = dict(method="spvit", locations=[1], keep_ratios=[0.5])
+    pruned = spvit_tf.create_model("deit_tiny_patch16_224", checkpoint=path, pruning=pruning, **config)
+    for key, (variable, _) in dense.timm_variables().items():
+        np.testing.assert_array_equal(pruned.timm_variables()[key][0], variable, err_msg=key)
+    assert len(pruned.weights) > len(dense.weights)  # the selectors: initialised, not loaded
+    kept_all = dict(pruning, method="static", keep_ratios=[1.0])  # static: no package token
+    static = spvit_tf.create_model("deit_tiny_patch16_224", checkpoint=path, pruning=kept_all, **config)
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(static(images), dense(images), atol=1e-5)
+
+
+def test_keras_weights_of_another_shape_are_refused(tmp_path):
+    config = dict(image_size=32, patch_size=4, embed_dim=32, depth=3, num_heads=2, num_classes=5)
+    path = tmp_path / "model.weights.h5"
+    spvit_tf.create_model("deit_tiny_patch16_224", **config).save_weights(path)
+    pruning = dict(method="spvit", locations=[1], keep_ratios=[0.5])
+    for options in (dict(depth=2), dict(depth=2, pruning=pruning), dict(embed_dim=48)):
+        with pytest.raises(spvit_tf.SpvitError, match="do not fit deit_tiny.*same name and options"):
+            spvit_tf.create_model("deit_tiny_patch16_224", checkpoint=path, **{**config, **options})
+    junk = tmp_path / "junk.weights.h5"
+    junk.write_text("not hdf5")
+    with pytest.raises(spvit_tf.SpvitError, match="not a readable Keras .weights.h5"):
+        spvit_tf.create_model("deit_tiny_patch16_224", checkpoint=junk, **config)
+
+
 def test_bad_names_and_options_say_what_to_do():
     with pytest.raises(spvit_tf.SpvitError, match="unknown model 'deit_huge'.*deit_tiny"):
         spvit_tf.create_model("deit_huge")
