@@ -254,19 +254,32 @@ def test_a_nan_loss_stops_the_run_with_the_last_good_checkpoint(tmp_path):
 
 
 def test_every_config_parses():
+    from spvit_tf.budget import schedule_for_budget
     from spvit_tf.flops import model_cost
 
     configs = sorted(glob.glob(str(REPO / "configs" / "*.cfg")))
-    assert len(configs) == 2 + len(IMAGENET_CONFIGS)  # + the CIFAR-10 demo and teacher
-    for path, flags in zip(configs, parse_flags(*([f"--flagfile={p}"] for p in configs))):
+    assert len(configs) == 3 + len(IMAGENET_CONFIGS)  # + CIFAR-10 demo, teacher and fine-tune
+    argvs = ([f"--flagfile={p}", "--workdir=unused"] for p in configs)  # the fine-tune has none
+    for path, flags in zip(configs, parse_flags(*argvs)):
         options = dict(o.split("=") for o in flags["model_options"])
         options = {k: int(v) for k, v in options.items()}
         dense = model_cost(flags["model"], image_size=flags["image_size"], **options)
         if flags["mode"] == "dense":
             assert dense.gflops > 0 and not flags["keep_ratios"], path
             continue
-        pruning = dict(method=flags["mode"], locations=[int(v) for v in flags["pruning_locations"]],
-                       keep_ratios=[float(v) for v in flags["keep_ratios"]])
+        locations = [int(v) for v in flags["pruning_locations"]]
+        ratios = [float(v) for v in flags["keep_ratios"]]
+        if flags["budget_gflops"] is not None:  # the budget sets the ratios
+            assert not ratios, path
+            ratios = schedule_for_budget(
+                flags["model"], budget=flags["budget_gflops"], locations=locations,
+                method=flags["mode"], overrides=dict(options, image_size=flags["image_size"]),
+            ).keep_ratios
+        if not ratios:  # results/cifar10/run.sh gives each fine-tune its --budget_gflops
+            assert path.endswith("cifar10_finetune.cfg") and "--budget_gflops=" in (
+                REPO / "results" / "cifar10" / "run.sh").read_text(), path
+            continue
+        pruning = dict(method=flags["mode"], locations=locations, keep_ratios=ratios)
         pruned = model_cost(flags["model"], image_size=flags["image_size"], pruning=pruning,
                             **options)
         assert 0.3 < pruned.gflops / dense.gflops < 1.0, path
