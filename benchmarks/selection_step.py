@@ -5,11 +5,13 @@
 One DeiT-Ti location (197 tokens of width 192, 3 heads, keep 0.7) as its own TFLite model:
 for each method, the scorer, top-k selection and package token, with the kept rows gathered
 by `gather_rows` (the library's flat GATHER) and, for comparison, by `take_along_axis`
-(what the library used before). Prints median milliseconds per invoke and the op count.
+(what the library used before). Prints the median milliseconds per invoke (the host
+benchmark's `measure`) and the graph's op count.
 """
 
 import os
-import time
+import pathlib
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -50,34 +52,26 @@ def step_model(method):
     return keras.Model(inputs, Step()(inputs))
 
 
-def time_model(content):
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
+def time_model(content, folder):
+    """(median ms, op count) of TFLite `content`, timed by the host benchmark's `measure`."""
+    from spvit_tf import benchmark, export
 
-    interpreter = Interpreter(model_content=content, num_threads=FLAGS.threads)
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    rng = np.random.default_rng(0)
-    interpreter.set_tensor(detail["index"], rng.random(detail["shape"], np.float32))
-    for _ in range(30):
-        interpreter.invoke()
-    times = []
-    for _ in range(FLAGS.runs):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times)), len(interpreter._get_ops_details())
+    path = folder / "step.tflite"
+    path.write_bytes(content)
+    timing = benchmark.measure(str(path), FLAGS.threads, "cpu", FLAGS.runs, 30, seed=0)
+    return timing["median_ms"], len(export.Graph.read(content).ops)
 
 
 def main(argv):
     from spvit_tf import export
     from spvit_tf.pruning import tokens
 
+    folder = pathlib.Path(tempfile.mkdtemp())
     flat_gather = tokens.gather_rows
     for method in ("spvit", "hard", "static"):
         for name, gather in (("gather_rows", flat_gather), ("take_along_axis", take_along_axis_rows)):
             tokens.gather_rows = gather
-            ms, ops = time_model(export.convert(step_model(method), "fp32"))
+            ms, ops = time_model(export.convert(step_model(method), "fp32"), folder)
             print(f"{method:6s} {name:16s} {ms:.4f} ms  {ops} ops  (threads={FLAGS.threads})")
     tokens.gather_rows = flat_gather
 

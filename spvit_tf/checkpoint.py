@@ -232,9 +232,7 @@ def _load_keras_weights(model, path):
 
 def _load_dense_weights(model, path, stored):
     """Loads a dense model's weights into pruned `model`; False when they do not fit."""
-    config = {**model.get_config(), "pruning": None}
-    config.pop("name", None)
-    dense = type(model)(**config, name=model.name)
+    dense = type(model).from_config({**model.get_config(), "pruning": None})
     dense.build_weights()
     if stored != len(dense.weights):
         return False

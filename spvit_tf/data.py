@@ -316,6 +316,13 @@ def resize_center_crop(image, image_size, crop_ratio=DEFAULT_CROP_RATIO):
     return tf.clip_by_value(image, 0.0, 255.0)  # bicubic overshoots at edges
 
 
+def eval_pixels(encoded, image_size, crop_ratio=DEFAULT_CROP_RATIO):
+    """An encoded JPEG/PNG as uint8 (image_size, image_size, 3) RGB with the evaluation
+    geometry, rounded to bytes as a camera app would feed them."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    return tf.cast(tf.round(resize_center_crop(image, image_size, crop_ratio)), tf.uint8)
+
+
 def _is_image(name):
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 

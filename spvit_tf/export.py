@@ -500,20 +500,14 @@ def load_pixels(source, split, count, image_size, crop_ratio, seed=0):
     the evaluation geometry of `spvit_tf.data.resize_center_crop`, rounded to bytes as a
     camera app would feed them.
     """
-    import tensorflow as tf
-
-    from spvit_tf.data import load_split, resize_center_crop
+    from spvit_tf.data import eval_pixels, load_split
 
     data = load_split(source, split)
     if count < 1:
         raise SpvitError(f"need at least one {split} example, got {count}")
-
-    def preprocess(encoded, label):
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-        image = resize_center_crop(image, image_size, crop_ratio)
-        return tf.cast(tf.round(image), tf.uint8), label
-
-    ds = data.records(shuffle=True, seed=seed).take(count).map(preprocess).batch(256)
+    ds = data.records(shuffle=True, seed=seed).take(count)
+    ds = ds.map(lambda encoded, label: (eval_pixels(encoded, image_size, crop_ratio), label))
+    ds = ds.batch(256)
     images, labels = zip(*ds.as_numpy_iterator())
     return np.concatenate(images), np.concatenate(labels), tuple(data.class_names)
 

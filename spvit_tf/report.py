@@ -12,6 +12,7 @@ Nothing is measured here: a missing log is a clear error or an empty cell, never
 """
 
 import dataclasses
+import io
 import json
 import os
 import pathlib
@@ -19,7 +20,7 @@ import pathlib
 from absl import app, flags
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
-from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write, read_run
+from spvit_tf.workdir import atomic_write, read_run
 
 BEGIN, END = "<!-- results:start -->", "<!-- results:end -->"
 METHOD_ORDER = ("dense", "spvit", "hard", "evit", "static")
@@ -196,10 +197,10 @@ def plot(runs, results_dir):
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = pathlib.Path(results_dir) / f"{what}_vs_gflops.png"
-        tmp = path.with_name(".tmp-" + path.name)
-        fig.savefig(tmp, format="png")
+        png = io.BytesIO()
+        fig.savefig(png, format="png")
         plt.close(fig)
-        os.replace(tmp, path)
+        atomic_write(os.fspath(path), png.getvalue(), mode="wb")
         paths.append(path)
     return paths
 

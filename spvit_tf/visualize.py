@@ -9,6 +9,7 @@ discarded for hard/static), those dropped earlier are washed out. The model runs
     python -m spvit_tf.visualize --workdir=W --images=cat.jpg,dog.png   # or a folder of images
 """
 
+import io
 import os
 import pathlib
 
@@ -16,6 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.workdir import atomic_write
 
 DROPPED_NOW = np.array([230, 60, 40], np.float32)  # tint of tokens dropped at this location
 WASH = 0.8  # how far earlier-dropped patches fade to white
@@ -25,7 +27,7 @@ def read_images(paths, image_size, crop_ratio):
     """uint8 (N, S, S, 3) from image files or folders, with the evaluation geometry."""
     import tensorflow as tf
 
-    from spvit_tf.data import IMAGE_EXTENSIONS, resize_center_crop
+    from spvit_tf.data import IMAGE_EXTENSIONS, eval_pixels
 
     files = []
     for path in map(pathlib.Path, paths):
@@ -40,11 +42,10 @@ def read_images(paths, image_size, crop_ratio):
     images = []
     for file in files:
         try:
-            image = tf.io.decode_image(file.read_bytes(), channels=3, expand_animations=False)
+            images.append(eval_pixels(file.read_bytes(), image_size, crop_ratio).numpy())
         except tf.errors.InvalidArgumentError:
             raise SpvitError(f"{file} is not a readable JPEG/PNG image") from None
-        images.append(tf.cast(tf.round(resize_center_crop(image, image_size, crop_ratio)), tf.uint8))
-    return np.stack([i.numpy() for i in images]), [f.name for f in files]
+    return np.stack(images), [f.name for f in files]
 
 
 def keep_maps(model, pixels, mean, std):
@@ -99,12 +100,10 @@ def render(pixels, names, maps, titles, output, note):
         axes[0, j + 1].set_title(title, fontsize=8)
     fig.suptitle(note, fontsize=8)
     fig.tight_layout()
-    output = pathlib.Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(".tmp-" + output.name)
-    fig.savefig(tmp, format="png", dpi=130)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=130)
     plt.close(fig)
-    os.replace(tmp, output)
+    atomic_write(os.fspath(output), png.getvalue(), mode="wb")
 
 
 def visualize(workdir, images=(), num_images=6, output="token_keep.png"):
