@@ -40,6 +40,7 @@ class RunResult:
     top1: float
     examples: int
     keep_ratios: tuple = ()
+    seed: int = 0
     tflite: dict = dataclasses.field(default_factory=dict)  # format -> card
     latency_ms: dict = dataclasses.field(default_factory=dict)  # (format, threads) -> median
 
@@ -62,18 +63,20 @@ def read_runs(results_dir):
             raise SpvitError(f"{workdir} has not finished (no final/eval.json); finish or remove it")
         run, result = read_run(str(workdir)), json.loads(eval_file.read_text())
         budget = _flag_value(workdir / "flags.txt", "budget_gflops")
+        seed = int(_flag_value(workdir / "flags.txt", "seed") or 0)
         runs.append(RunResult(
             name=workdir.name, method=run["mode"],
             budget_gflops=float(budget) if budget else None,
             gflops=result["gflops"], top1=result["eval_top1"], examples=result["eval_examples"],
-            keep_ratios=tuple(result.get("keep_ratios", ())),
+            keep_ratios=tuple(result.get("keep_ratios", ())), seed=seed,
         ))
     if not runs:
         raise SpvitError(f"no training workdirs in {results_dir}; run results/<dataset>/run.sh")
     teachers = [r for r in runs if r.method == "dense"]
     if len(teachers) != 1:
         raise SpvitError(f"{results_dir} needs exactly one dense (teacher) run, has {len(teachers)}")
-    return sorted(runs, key=lambda r: (METHOD_ORDER.index(r.method), -(r.budget_gflops or 1e9)))
+    return sorted(runs, key=lambda r: (METHOD_ORDER.index(r.method), -(r.budget_gflops or 1e9),
+                                       r.seed))
 
 
 def attach_exports(runs, tflite_dirs, bench_json=None):
@@ -119,7 +122,8 @@ def markdown_table(runs):
         size = lambda card: _num(card["size_bytes"] / 1e6 if card else None, ".2f")  # noqa: E731
         delta = "" if r is teacher else f"{100 * (r.top1 - teacher.top1):+.2f}"
         lines.append(
-            f"| {METHOD_LABEL[r.method]} | {_num(r.budget_gflops, '.3f')} | {r.gflops:.4f} "
+            f"| {METHOD_LABEL[r.method]}{f', seed {r.seed}' if r.seed else ''} "
+            f"| {_num(r.budget_gflops, '.3f')} | {r.gflops:.4f} "
             f"| {', '.join(f'{k:g}' for k in r.keep_ratios) or '1'} | {100 * r.top1:.2f} | {delta} "
             f"| {_num(None if int8_top1 is None else 100 * int8_top1, '.2f')} "
             f"| {latency('fp32')} | {latency('int8')} | {size(fp32)} / {size(int8)} |")
@@ -182,15 +186,18 @@ def plot(runs, results_dir):
         formats = ("fp32",) if what == "top1" else ("fp32", "int8")
         for fmt in formats:
             for method in METHOD_ORDER:
-                points = sorted((r.gflops, value(r, fmt)) for r in runs if r.method == method
-                                and value(r, fmt) is not None)
-                if not points:
-                    continue
-                xs, ys = zip(*points)
-                label = METHOD_LABEL[method] + ("" if len(formats) == 1 else f", {fmt}")
-                ax.plot(xs, ys, marker=markers[method], linestyle="-" if len(xs) > 1 else "",
-                        markersize=11 if method == "dense" else 7, label=label,
-                        fillstyle="full" if fmt == "fp32" else "none")
+                for reruns in (False, True):  # seed 0 as a curve, other seeds as bare markers
+                    points = sorted((r.gflops, value(r, fmt)) for r in runs if r.method == method
+                                    and bool(r.seed) == reruns and value(r, fmt) is not None)
+                    if not points:
+                        continue
+                    xs, ys = zip(*points)
+                    label = METHOD_LABEL[method] + ("" if len(formats) == 1 else f", {fmt}")
+                    ax.plot(xs, ys, marker=markers[method],
+                            linestyle="-" if len(xs) > 1 and not reruns else "",
+                            markersize=11 if method == "dense" else 7,
+                            label=label + (", other seeds" if reruns else ""),
+                            fillstyle="full" if fmt == "fp32" else "none")
         ax.set_xlabel("GFLOPs (32×32 input)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -49,7 +49,7 @@ flags.DEFINE_float("lr", 5e-4, "Peak learning rate per 512 images (scaled by bat
 flags.DEFINE_float("min_lr", 1e-6, "Final learning rate of the cosine schedule.")
 flags.DEFINE_float("warmup_epochs", 5, "Linear learning-rate warm-up.")
 flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay.")
-flags.DEFINE_float("backbone_lr_scale", 0.01, "Backbone LR relative to the selectors' (pruned modes).")
+flags.DEFINE_float("backbone_lr_scale", 0.01, "Pruned modes: backbone LR relative to --lr (the selectors').")
 flags.DEFINE_integer("freeze_backbone_steps", 0, "Steps training only the selectors first.")
 flags.DEFINE_float("drop_path", 0.1, "Stochastic depth rate.")
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the cross-entropy.")
@@ -237,11 +237,13 @@ class Trainer:
                 v for v in self.student.trainable_weights if id(v) not in selector_ids
             ]
             peak = FLAGS.lr * self.global_batch / 512
-            if self.selector_vars:  # backbone scaled down, selectors at full LR
-                frozen = min(FLAGS.freeze_backbone_steps, self.total_steps)
-                backbone = self._adamw(peak * FLAGS.backbone_lr_scale, frozen)
-                self.groups = [(backbone, self.backbone_vars),
-                               (self._adamw(peak), self.selector_vars)]
+            # Every pruned mode fine-tunes its backbone at lr x backbone_lr_scale, with or
+            # without selectors (at the full lr), so methods compared share one recipe.
+            if pruner is not None:
+                frozen = min(FLAGS.freeze_backbone_steps, self.total_steps) if self.selector_vars else 0
+                self.groups = [(self._adamw(peak * FLAGS.backbone_lr_scale, frozen), self.backbone_vars)]
+                if self.selector_vars:
+                    self.groups.append((self._adamw(peak), self.selector_vars))
             else:
                 self.groups = [(self._adamw(peak), self.backbone_vars)]
             for optimizer, variables in self.groups:  # here: a distributed step cannot create them
@@ -375,7 +377,7 @@ class Trainer:
         return self._steps[train_backbone](batch)
 
     def learning_rate(self):
-        """The current LR of the selectors (of the whole model in dense mode)."""
+        """The current LR of the selectors (of the backbone in modes without selectors)."""
         optimizer = self.optimizers[-1]
         return float(optimizer.learning_rate)
 

@@ -23,21 +23,10 @@ MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
 EXAMPLES = 100
 
 
-def sharpened(model):
-    """Spreads fresh selectors' near-equal scores, as training does, so that float round-off
-    between Keras and TFLite cannot flip a near-tied token choice."""
-    for selector in model.pruner.selectors:
-        for layer in [selector.in_proj, *selector.score_mlp]:
-            layer.kernel.assign(np.asarray(layer.kernel) * 8)
-    return model
-
-
 def make_workdir(path, method="spvit"):
     keras.utils.set_random_seed(0)
     config = dict(VIT, pruning=dict(PRUNING, method=method))
     model = spvit_tf.create_model("deit_tiny_patch16_224", **config)
-    if model.pruner.selectors:
-        sharpened(model)
     (path / "final").mkdir(parents=True)
     model.save_weights(path / FINAL_WEIGHTS)
     write_run(path, {

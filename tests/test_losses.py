@@ -96,6 +96,15 @@ def test_token_distillation_averages_over_kept_tokens_only():
     np.testing.assert_allclose(losses.token_distillation_loss(moved, teacher, mask), got)
 
 
+def test_token_distillation_gives_the_selectors_no_gradient():
+    # Through the mask the selector would learn to keep the easiest tokens to match.
+    student, teacher, mask = token_case()
+    mask = tf.Variable(mask)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(losses.token_distillation_loss(student, teacher, mask))
+    assert tape.gradient(loss, mask) is None
+
+
 def test_token_distillation_without_mask_is_plain_mse():
     student, teacher, _ = token_case()
     got = losses.token_distillation_loss(student, teacher, None)

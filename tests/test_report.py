@@ -17,11 +17,11 @@ from test_export import make_workdir
 README = f"# title\n\nintro\n\n{report.BEGIN}\nold table\n{report.END}\n\ntail\n"
 
 
-def fake_run(root, name, mode, top1, gflops, budget=None, ratios=()):
+def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0):
     workdir = root / name
     (workdir / "final").mkdir(parents=True)
     write_run(workdir, {"model": "deit_tiny_patch16_224", "model_config": {}, "mode": mode})
-    (workdir / "flags.txt").write_text(f"--mode={mode}\n" + (
+    (workdir / "flags.txt").write_text(f"--mode={mode}\n--seed={seed}\n" + (
         f"--budget_gflops={budget}\n" if budget else ""))
     (workdir / "final" / "eval.json").write_text(json.dumps({
         "eval_top1": top1, "eval_examples": 10000, "gflops": gflops,
@@ -48,6 +48,7 @@ def results(tmp_path):
     teacher = fake_run(root, "teacher", "dense", 0.80, 0.0836)
     spvit = fake_run(root, "spvit_b050", "spvit", 0.7925, 0.0495, 0.05, (0.631, 0.398))
     fake_run(root, "evit_b050", "evit", 0.7712, 0.0499, 0.05, (0.664, 0.441))
+    fake_run(root, "spvit_b050_seed1", "spvit", 0.7810, 0.0495, 0.05, (0.631, 0.398), seed=1)
     ship = tmp_path / "ship"
     paths = [fake_card(ship, teacher, "fp32", 4_800_000), fake_card(ship, teacher, "int8", 1_300_000, 0.79),
              fake_card(ship, spvit, "fp32", 4_900_000), fake_card(ship, spvit, "fp32", 4_900_000,
@@ -69,9 +70,10 @@ def test_report_table_numbers_come_from_the_logs(results):
     root, ship, bench, readme = results
     table = report.report(str(root), [str(ship)], str(bench), str(readme), shipped=str(ship))
     rows = table_rows(table)
-    assert list(rows)[1:] == ["teacher (dense)", "SPViT (ours)",
+    assert list(rows)[1:] == ["teacher (dense)", "SPViT (ours)", "SPViT (ours), seed 1",
                               "EViT (CLS attention + fused token)"]  # header, then method order
-    teacher, spvit, evit = (rows[k] for k in list(rows)[1:])
+    teacher, spvit, rerun, evit = (rows[k] for k in list(rows)[1:])
+    assert rerun[:5] == ["0.050", "0.0495", "0.631, 0.398", "78.10", "-1.90"]
     assert teacher[:6] == ["–", "0.0836", "1", "80.00", "", "79.00"]
     assert teacher[6:] == ["2.00 / 1.00", "0.50 / 0.25", "4.80 / 1.30"]
     assert spvit[:5] == ["0.050", "0.0495", "0.631, 0.398", "79.25", "-0.75"]

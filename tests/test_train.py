@@ -138,7 +138,7 @@ def demo(tmp_path_factory):
     return workdir, result
 
 
-def test_training_lowers_the_loss_and_fills_the_workdir(demo):
+def test_training_lowers_the_loss_and_fills_the_workdir(demo, tmp_path):
     import tensorflow as tf
 
     workdir, result = demo
@@ -178,6 +178,15 @@ def test_training_lowers_the_loss_and_fills_the_workdir(demo):
     assert evaluated["gflops"] == pytest.approx(final["gflops"])
     assert evaluated["keep_ratios"] == final["keep_ratios"]
     assert evaluated["kept_tokens"] == final["kept_tokens"]
+    assert evaluated["pruning_mode"] == "gather"
+    # The same tokens kept in masked form; the training-time sampling keeps other ones.
+    masked = json.loads(run([f"--workdir={workdir}", "--pruning_mode=mask"],
+                            module="spvit_tf.evaluate").stdout)
+    assert masked["top1"] == pytest.approx(evaluated["top1"], abs=0.002)
+    output = tmp_path / "gumbel.json"
+    sampled = json.loads(run([f"--workdir={workdir}", "--pruning_mode=gumbel",
+                              f"--output={output}"], module="spvit_tf.evaluate").stdout)
+    assert json.loads(output.read_text()) == sampled and sampled["pruning_mode"] == "gumbel"
 
 
 def test_flags_txt_is_a_flagfile_that_resumes_the_run(demo):
@@ -193,7 +202,7 @@ def test_one_step_on_two_replicas_equals_one_device(tmp_path):
     """MirroredStrategy over 2 logical CPUs: same initial weights and batch -> same update."""
     args = [*TINY, *NO_AUG, "--mode=evit", "--pruning_locations=1,2", "--keep_ratios=0.7,0.49",
             "--drop_path=0", "--steps=3", "--log_every=1", "--warmup_epochs=0", "--lr=0.01",
-            "--eval_examples=64"]
+            "--backbone_lr_scale=1", "--eval_examples=64"]
     mirrored = ["--strategy=mirrored", "--cpu_replicas=2"]
     _, two = run_all([[*args, f"--workdir={tmp_path}/one"],
                       [*args, f"--workdir={tmp_path}/two", *mirrored]])
@@ -204,6 +213,20 @@ def test_one_step_on_two_replicas_equals_one_device(tmp_path):
         for key in ("total", "ce", "ratio", "keep_0", "keep_1"):
             assert b[key] == pytest.approx(a[key], rel=1e-5), key
     assert_same_weights(weights(tmp_path / "one"), weights(tmp_path / "two"), rtol=1e-4, atol=1e-6)
+
+
+def test_baselines_fine_tune_the_backbone_at_the_pruned_recipe_lr(tmp_path):
+    """EViT/static have no selectors, yet their backbone learns at lr x backbone_lr_scale like
+    SPViT's: one recipe for every method compared."""
+    args = [*TINY, *NO_AUG, "--mode=static", "--pruning_locations=1", "--keep_ratios=0.5",
+            "--steps=4", "--log_every=1", "--warmup_epochs=0", "--lr=0.01",
+            "--backbone_lr_scale=0.5", "--min_lr=0", "--eval_examples=32",
+            f"--workdir={tmp_path}"]
+    run(args)
+    peak = 0.01 * 32 / 512 * 0.5  # per 512 images, scaled to batch 32
+    logged = [m["lr"] for m in metrics(tmp_path) if "lr" in m]
+    cosine = [peak * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in (1, 2, 3, 4)]
+    np.testing.assert_allclose(logged, cosine, rtol=1e-5, atol=1e-12)
 
 
 def test_sigterm_saves_and_the_same_command_resumes_exactly(demo, tmp_path):

@@ -4,7 +4,8 @@
 # the report. Each step is skipped when its output exists, so a rerun picks up where a killed
 # one stopped (training itself resumes from its last checkpoint).
 #   bash results/cifar10/run.sh            # from the repo root, ../shared beside it
-# Budgets are GFLOPs of the 32x32 model (teacher: 0.0836): main 0.050 (-40%), 0.063, 0.038.
+# Budgets are GFLOPs of the 32x32 model (teacher: 0.0836): main 0.050 (-40%), 0.063, 0.038;
+# SPViT at the main budget also with a second seed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 R=results/cifar10
@@ -25,6 +26,12 @@ finetune evit_b050 --mode=evit --budget_gflops=0.050
 finetune static_b050 --mode=static --budget_gflops=0.050
 finetune spvit_b063 --mode=spvit --budget_gflops=0.063
 finetune spvit_b038 --mode=spvit --budget_gflops=0.038
+finetune spvit_b050_seed1 --mode=spvit --budget_gflops=0.050 --seed=1  # seed variance
+# Diagnostic: the learned runs evaluated with their training-time Gumbel sampling, not top-k.
+for run in spvit_b050 spvit_b050_seed1 hard_b050; do
+  [[ -f $R/$run/final/eval_gumbel.json ]] || python -m spvit_tf.evaluate --workdir=$R/$run \
+    --pruning_mode=gumbel --output=$R/$run/final/eval_gumbel.json
+done
 
 export_run() {  # export_run RUN DIR FLAGS...: every .tflite evaluated on the full 10k test set
   [[ -f $2/cifar10_$1_fp32.json ]] && return

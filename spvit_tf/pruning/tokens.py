@@ -235,9 +235,11 @@ class TokenPruner(keras.layers.Layer):
         self.selectors = (
             [
                 MultiHeadTokenSelector(
-                    d, h, self.config.shared_head_mlps, name=f"selector_{loc}"
+                    d, h, self.config.shared_head_mlps, keep, name=f"selector_{loc}"
                 )
-                for d, h, loc in zip(self.dims, self.heads, self.locations)
+                for d, h, loc, keep in zip(
+                    self.dims, self.heads, self.locations, self.step_keep_fractions()
+                )
             ]
             if self.config.learned
             else []
@@ -272,6 +274,17 @@ class TokenPruner(keras.layers.Layer):
         dims, heads, grids = zip(*per_location)
         tokens = [g[0] * g[1] for g in grids]
         return cls(config.to_dict(), dims, heads, tokens, grids, name=name)
+
+    def step_keep_fractions(self):
+        """Per location, the fraction of its incoming tokens it keeps: its keep ratio over
+        the previous location's in the same stage (a new grid, PiT's next stage, starts whole).
+        Kept inside (0, 1) as a selector's starting keep probability."""
+        fractions, previous = [], (None, 1.0)
+        for ratio, grid in zip(self.config.keep_ratios, self.grid_sizes):
+            last = previous[1] if previous[0] == grid else 1.0
+            fractions.append(min(max(ratio / last, 0.01), 0.99))
+            previous = (grid, ratio)
+        return fractions
 
     def build(self, input_shape=None):
         for selector, dim in zip(self.selectors, self.dims):
