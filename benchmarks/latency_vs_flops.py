@@ -8,8 +8,10 @@ dense model itself at a smaller input (--fewer_tokens_size: about the pruned mod
 token count in every block, no pruning at all: what running fewer tokens costs on this CPU)
 with the exporter's serving graph, times them with the host benchmark (fresh process each,
 median of --runs) and prints each one's latency ratio to the dense model next to its FLOPs
-ratio. Random weights: latency does not depend on them (int8 is calibrated on random images
-for the same reason).
+ratio. Random weights, seeded: fp32 latency does not depend on them. int8 latency does on
+this x86 host (the weights set the quantization ranges and with them the int8 kernels'
+work), so int8 ratios from random weights are indicative only; the trained models' int8
+timings are in the results table.
 """
 
 import os
@@ -33,6 +35,7 @@ def main(argv):
     import spvit_tf
     from spvit_tf import benchmark, export, flops
 
+    import keras
     import numpy as np
 
     folder = pathlib.Path(tempfile.mkdtemp())
@@ -42,6 +45,7 @@ def main(argv):
                 (f"dense@{small}px", dict(image_size=small))]
     paths, costs = [], []
     for stem, options in variants:
+        keras.utils.set_random_seed(0)
         model = spvit_tf.create_model(FLAGS.model, **options)
         size = model.image_size[0]
         calibration = np.random.default_rng(0).normal(size=(8, size, size, 3)).astype(np.float32)
