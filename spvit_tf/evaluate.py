@@ -42,6 +42,8 @@ def evaluate_workdir(workdir, data_spec=None, examples=0, batch_size=100, prunin
     from spvit_tf.workdir import load_model
 
     model, run = load_model(workdir)
+    if pruning_mode and model.pruner is None:
+        raise SpvitError(f"--pruning_mode={pruning_mode} needs a pruned model; {workdir} is dense")
     split = data.load_split(data_spec or run["data"], data.EVAL)
     if list(split.class_names) != run["class_names"]:
         raise SpvitError(
@@ -52,8 +54,6 @@ def evaluate_workdir(workdir, data_spec=None, examples=0, batch_size=100, prunin
                               training=False, crop_ratio=run["crop_ratio"],
                               mean=run["mean"], std=run["std"],
                               subset_seed=0 if examples else None)
-    if pruning_mode and model.pruner is None:
-        raise SpvitError(f"--pruning_mode={pruning_mode} needs a pruned model; {workdir} is dense")
     top1, top5, seen = accuracy(model, dataset, examples, pruning_mode)
     result = {"top1": top1, "top5": top5, "examples": seen, "gflops": model_cost(model).gflops}
     if model.pruner is not None:

@@ -45,11 +45,10 @@ class RunResult:
     latency_ms: dict = dataclasses.field(default_factory=dict)  # (format, threads) -> median
 
 
-def _flag_value(flagfile, name):
-    for line in pathlib.Path(flagfile).read_text().splitlines():
-        if line.startswith(f"--{name}="):
-            return line.split("=", 1)[1]
-    return None
+def _flag_values(flagfile):
+    """{name: value} of a run's flags.txt (`--name=value` lines)."""
+    lines = pathlib.Path(flagfile).read_text().splitlines()
+    return dict(line[2:].split("=", 1) for line in lines if line.startswith("--") and "=" in line)
 
 
 def read_runs(results_dir):
@@ -62,8 +61,8 @@ def read_runs(results_dir):
         if not eval_file.is_file():
             raise SpvitError(f"{workdir} has not finished (no final/eval.json); finish or remove it")
         run, result = read_run(str(workdir)), json.loads(eval_file.read_text())
-        budget = _flag_value(workdir / "flags.txt", "budget_gflops")
-        seed = int(_flag_value(workdir / "flags.txt", "seed") or 0)
+        run_flags = _flag_values(workdir / "flags.txt")
+        budget, seed = run_flags.get("budget_gflops"), int(run_flags.get("seed", 0))
         runs.append(RunResult(
             name=workdir.name, method=run["mode"],
             budget_gflops=float(budget) if budget else None,
