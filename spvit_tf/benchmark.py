@@ -1,10 +1,13 @@
 """Host latency benchmark of .tflite models with the LiteRT interpreter.
 
     python -m spvit_tf.benchmark --models=dense.tflite,pruned.tflite --num_threads=1,2 \\
-        --runs=50 --warmup=10 --output_dir=bench/host [--flops=dense:4.6,pruned:3.1]
+        --runs=50 --warmup=10 --rounds=5 --output_dir=bench/host [--flops=dense:4.6,pruned:3.1]
 
 Every model x backend x thread count runs in a fresh spawned process, so that one run's
-thread pools, allocator state and peak memory do not leak into the next. Results go to
+thread pools, allocator state and peak memory do not leak into the next. With --rounds=R
+all of them run R times in turn and each row keeps the median of its per-round medians: on a
+shared or frequency-scaling host the load moves by several percent within minutes, and
+interleaving spreads that drift over every model instead of skewing one model's row. Results go to
 results.md/.csv/.json in the schema of `spvit_tf.bench_results`, shared with the phone runs
 of android_benchmark/run_benchmark.py. The first model is the dense reference: with two
 models, or with FLOPs known (--flops or a `<model>.json` card with "gflops"), the table ends
@@ -108,26 +111,51 @@ def _host_description():
     return f"{cpu}, {os.cpu_count()} cpus, {platform.system()} {platform.machine()}"
 
 
-def run_all(models, threads, backends, runs, warmup, seed):
-    """One row per model x backend x thread count; a failing model gives a failed row."""
+def combine_rounds(results):
+    """One row's numbers from per-round `measure` results: medians of the per-round latency
+    statistics (one slow round moves nothing), the fastest run, the largest memory growth."""
+    median = lambda name: statistics.median(r[name] for r in results)  # noqa: E731
+    return {
+        "runs": sum(r["runs"] for r in results),
+        "median_ms": median("median_ms"),
+        "p90_ms": median("p90_ms"),
+        "mean_ms": statistics.fmean(r["mean_ms"] for r in results),
+        "min_ms": min(r["min_ms"] for r in results),
+        "init_ms": median("init_ms"),
+        "first_ms": median("first_ms"),
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in results),
+    }
+
+
+def run_all(models, threads, backends, runs, warmup, seed, rounds=1):
+    """One row per model x backend x thread count, each timed in `rounds` interleaved rounds
+    (round r uses input seed `seed + r`); a failing model gives a failed row."""
     device = _host_description()
     context = multiprocessing.get_context("spawn")
-    rows = []
+    rows, results = [], []
     for model in models:
         for backend in backends:
             for num_threads in threads:
-                row = bench_results.BenchResult.for_model(
+                rows.append(bench_results.BenchResult.for_model(
                     model, target="host", device=device, backend=backend, num_threads=num_threads
-                )
-                with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-                    job = pool.submit(measure, str(model), num_threads, backend, runs, warmup, seed)
-                    try:
-                        for name, value in job.result().items():
-                            setattr(row, name, value)
-                    except Exception as error:  # a broken model must not stop the others
-                        row.status = "failed"
-                        row.error = f"{type(error).__name__}: {error}".splitlines()[0]
-                rows.append(row)
+                ))
+                results.append([])
+    for round_ in range(rounds):
+        for row, done in zip(rows, results):
+            if row.status != "ok":
+                continue
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+                job = pool.submit(measure, row.model_path, row.num_threads, row.backend, runs,
+                                  warmup, seed + round_)
+                try:
+                    done.append(job.result())
+                except Exception as error:  # a broken model must not stop the others
+                    row.status = "failed"
+                    row.error = f"{type(error).__name__}: {error}".splitlines()[0]
+    for row, done in zip(rows, results):
+        if row.status == "ok":
+            for name, value in combine_rounds(done).items():
+                setattr(row, name, value)
     return rows
 
 
@@ -139,13 +167,14 @@ def main(argv):
     unknown = sorted(set(FLAGS.backends) - set(BACKENDS))
     if unknown or not FLAGS.backends:
         raise SpvitError(f"bad --backends {unknown or '(none)'}; choose from {', '.join(BACKENDS)}")
-    if FLAGS.runs < 1 or FLAGS.warmup < 0:
-        raise SpvitError("--runs must be at least 1 and --warmup at least 0")
+    if FLAGS.runs < 1 or FLAGS.warmup < 0 or FLAGS.rounds < 1:
+        raise SpvitError("--runs and --rounds must be at least 1 and --warmup at least 0")
     if not FLAGS.output_dir:
         raise SpvitError("pass --output_dir=DIR for results.md/.csv/.json")
     gflops = bench_results.model_gflops(models, FLAGS.flops)
 
-    rows = run_all(models, threads, FLAGS.backends, FLAGS.runs, FLAGS.warmup, FLAGS.seed)
+    rows = run_all(models, threads, FLAGS.backends, FLAGS.runs, FLAGS.warmup, FLAGS.seed,
+                   FLAGS.rounds)
     comparisons = bench_results.cli_comparisons(rows, models, gflops, bool(FLAGS.flops))
     from ai_edge_litert import __version__ as litert_version
 
@@ -156,6 +185,7 @@ def main(argv):
         "python": platform.python_version(),
         "runs": FLAGS.runs,
         "warmup": FLAGS.warmup,
+        "rounds": FLAGS.rounds,
         "seed": FLAGS.seed,
         "gflops": gflops,
     }
@@ -171,8 +201,12 @@ def _define_flags():
     flags.DEFINE_list(
         "backends", ["cpu"], "cpu (LiteRT default, XNNPACK) and/or xnnpack_off (builtin kernels)."
     )
-    flags.DEFINE_integer("runs", 50, "Timed invokes per configuration.")
+    flags.DEFINE_integer("runs", 50, "Timed invokes per configuration and round.")
     flags.DEFINE_integer("warmup", 10, "Untimed invokes before the timed ones.")
+    flags.DEFINE_integer(
+        "rounds", 1, "Interleaved rounds over all configurations; rows keep the median of the "
+        "per-round medians and count runs x rounds timed invokes."
+    )
     flags.DEFINE_string("output_dir", None, "Folder for results.md, results.csv and results.json.")
     flags.DEFINE_list("flops", [], "Optional name:gflops pairs; default: each model's <model>.json.")
     flags.DEFINE_integer("seed", 0, "Seed of the random inputs.")

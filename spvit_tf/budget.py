@@ -11,7 +11,8 @@ selectors). Two are provided, so the search never needs to know which it is give
 
 `schedule_for_budget` finds the mildest schedule of a given shape that meets a budget;
 `merge_into_phases` and `fit_phases_to_budget` turn the per-layer keep ratios SPViT's
-schedule search learns into a few pruning locations priced to the budget; and
+schedule search learns into a few pruning locations priced to the budget;
+`align_to_latency_steps` moves token counts off the latency steps a fine table shows; and
 `flagfile_fragment` writes the result as training flags.
 """
 
@@ -461,6 +462,78 @@ def fit_phases_to_budget(
     cost_fn = _cost_fn(name, cost, latency_table, options)
     ratios_at = lambda s: _rounded(min(1.0, s * r) for r in base)  # noqa: E731
     return _largest_feasible(cost_fn, ratios_at, budget, 1.0 / max(base), "scaled")
+
+
+class AlignedSchedule(NamedTuple):
+    """Keep ratios moved off latency steps: the token counts they give, both predictions."""
+
+    keep_ratios: tuple
+    counts: tuple
+    predicted_ms: float
+    unaligned_ms: float
+
+
+def _ratio_for_count(count, tokens):
+    """The 3-decimal keep ratio nearest count/tokens that `PruningConfig` turns into `count`."""
+    base = round(count / tokens, DECIMALS)
+    for delta in sorted(range(-5, 6), key=abs):
+        ratio = round(base + delta * MIN_RATIO, DECIMALS)
+        if 0 < ratio <= 1 and max(1, round(ratio * tokens)) == count:
+            return ratio
+    raise SpvitError(f"no {DECIMALS}-decimal keep ratio keeps exactly {count} of {tokens} tokens")
+
+
+def align_to_latency_steps(
+    table, name, keep_ratios, *, locations, method="spvit", overrides=None, max_trim=2,
+):
+    """Keep ratios whose sequence lengths sit just before a latency step, not just past one.
+
+    A CPU's matrix kernels work in tiles of rows (XNNPACK's f32 GEMM: 7 on AVX-512 hosts,
+    4-6 on Arm), so one token past a full tile costs a whole tile in every block of the
+    stage: on this repository's host a DeiT-Ti block takes 9% longer at 71 tokens than at 70
+    (`benchmarks/pruning_overhead.log`). Location by location, this drops up to `max_trim`
+    more tokens when the `table` predicts they save at least half a token more than tokens
+    cost on average (the mean ms per token between the count and half of it): a token stays
+    unless it is dear, and table noise moves nothing. Only a table timed at every length
+    near the counts shows the steps (`latency_table --tokens=auto,A-B,...`); on a coarse grid
+    the interpolation is linear and nothing moves.
+    Returns `AlignedSchedule(keep_ratios, counts, predicted_ms, unaligned_ms)`.
+    """
+    if isinstance(table, (str, os.PathLike)):
+        table = load_latency_table(table, model=name)
+    if not isinstance(max_trim, int) or max_trim < 0:
+        raise SpvitError(f"max_trim must be a non-negative integer, got {max_trim!r}")
+    options = _with_locations(overrides, method, locations)
+    cost_fn = latency_cost(table, name, options)
+    arch, template = _priced_model(name, options)
+    config = dataclasses.replace(template, keep_ratios=tuple(keep_ratios))
+    stages = arch.block_stages
+    totals = [arch.stages[stages[loc]].num_patches for loc in config.locations]
+    counts = list(config.token_counts(totals))
+
+    def cost(candidate):
+        return cost_fn([_ratio_for_count(c, n) for c, n in zip(candidate, totals)])
+
+    unaligned = cost(counts)
+    for j, loc in enumerate(config.locations):
+        later = [c for i, c in zip(config.locations[j + 1:], counts[j + 1:])
+                 if stages[i] == stages[loc]]
+        floor = later[0] if later else 1
+        if counts[j] <= floor:
+            continue
+        now = cost(counts)
+        half = max(floor, counts[j] // 2)
+        per_token = (now - cost(counts[:j] + [half] + counts[j + 1:])) / (counts[j] - half)
+        best, best_gain = 0, per_token / 2  # a margin over table noise
+        for trim in range(1, min(max_trim, counts[j] - floor) + 1):
+            gain = now - cost(counts[:j] + [counts[j] - trim] + counts[j + 1:]) - trim * per_token
+            if gain > best_gain:
+                best, best_gain = trim, gain
+        counts[j] -= best
+    ratios = tuple(r if c == k else _ratio_for_count(c, n)
+                   for r, k, c, n in zip(config.keep_ratios, config.token_counts(totals), counts,
+                                         totals))
+    return AlignedSchedule(ratios, tuple(counts), cost_fn(ratios), unaligned)
 
 
 def flagfile_fragment(locations, keep_ratios, method="spvit"):

@@ -58,13 +58,15 @@ def conv_macs(out_positions, out_channels, macs_per_output):
 def selector_macs(num_tokens, dim, num_heads):
     """MACs of SPViT's multi-head selector over `num_tokens` tokens (see `selector.py`).
 
-    Per head of width c: in-projection c², score MLP c·c/2 + c/2·c/4 + c/4·2; per token the
+    Per head of width c and token: in-projection c², score MLP c/2·c/2 (the local half) +
+    c/2·c/4 + c/4·2; per head once per image the context half's c/2·c/2; per token the
     head-importance MLP H·H/2 + H/2·H (absent with a single head).
     """
     c, hidden = dim // num_heads, max(num_heads // 2, 1)
-    per_head = c * c + c * (c // 2) + (c // 2) * (c // 4) + (c // 4) * 2
+    half = c // 2
+    per_head = c * c + half * half + half * (c // 4) + (c // 4) * 2
     gate = 2 * num_heads * hidden if num_heads > 1 else 0
-    return num_tokens * (num_heads * per_head + gate)
+    return num_tokens * (num_heads * per_head + gate) + num_heads * (c - half) * half
 
 
 def class_attention_macs(num_tokens, dim):

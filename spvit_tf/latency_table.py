@@ -63,18 +63,28 @@ RUN_BENCHMARK = pathlib.Path(__file__).resolve().parents[1] / "android_benchmark
 
 
 def token_grid(dense_tokens, spec="auto"):
-    """Sorted sequence lengths to time: `spec` "auto" (AUTO_POINTS from 2 to the dense length
-    plus PACKAGE_ROOM) or comma-separated integers."""
-    if spec == "auto":
-        top = dense_tokens + PACKAGE_ROOM
-        return sorted({int(round(t)) for t in np.linspace(2, top, AUTO_POINTS)})
+    """Sorted sequence lengths to time from `spec`: comma-separated items, each "auto"
+    (AUTO_POINTS from 2 to the dense length plus PACKAGE_ROOM), an integer, or an inclusive
+    range A-B. Ranges time every length around a schedule's counts: block latency climbs in
+    steps where the CPU's matrix tiles fill up, which an auto grid interpolates over."""
+    tokens = set()
     try:
-        tokens = sorted({int(t) for t in spec.split(",")})
+        for item in spec.split(","):
+            if item.strip() == "auto":
+                top = dense_tokens + PACKAGE_ROOM
+                tokens |= {int(round(t)) for t in np.linspace(2, top, AUTO_POINTS)}
+            elif "-" in item.strip()[1:]:
+                low, high = (int(v) for v in item.split("-"))
+                tokens |= set(range(low, high + 1)) if low <= high else {0}
+            else:
+                tokens.add(int(item))
     except ValueError:
-        tokens = []
-    if not tokens or tokens[0] < 1:
-        raise SpvitError(f"--tokens must be 'auto' or positive integers like 2,50,197; got {spec!r}")
-    return tokens
+        tokens = set()
+    if not tokens or min(tokens) < 1:
+        raise SpvitError(
+            f"--tokens must be 'auto', positive integers and ranges like auto,60-75,197; got {spec!r}"
+        )
+    return sorted(tokens)
 
 
 # ---- component graphs ----
@@ -104,7 +114,8 @@ def selector_graph(dim, heads, patches):
     selector = MultiHeadTokenSelector(dim, heads)
     selector.build((None, None, dim))
     (x,) = _inputs((patches, dim))
-    return _keras_graph(x, selector(x)[1])
+    # `call`, not the layer: the functional API takes no None output (the log-probabilities)
+    return _keras_graph(x, selector.call(x, log_probs=False)[1])
 
 
 def prune_graph(dim, heads, patches, num_prefix, grid, track_grid):
@@ -338,7 +349,9 @@ def _define_flags():
     flags.DEFINE_integer("runs", 50, "Timed invokes per graph (and round).", lower_bound=1)
     flags.DEFINE_integer("warmup", 10, "Untimed invokes before the timed ones.", lower_bound=0)
     flags.DEFINE_string("output", None, "The table's JSON path.")
-    flags.DEFINE_string("tokens", "auto", "Sequence lengths to time: auto or e.g. 2,50,197.")
+    flags.DEFINE_string(
+        "tokens", "auto", "Sequence lengths to time: auto, integers and ranges, e.g. auto,94-100."
+    )
     flags.DEFINE_integer("rounds", 3, "host: interleaved timing rounds; the table keeps the "
                          "median.", lower_bound=1)
     flags.DEFINE_string("benchmark_binary", None, "adb: benchmark_model for the phone.")

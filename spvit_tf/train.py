@@ -65,6 +65,11 @@ flags.DEFINE_enum("selection", "gather", ("gather", "matmul"), "Inference token 
 flags.DEFINE_float("budget_gflops", None, "Derive keep ratios meeting this GFLOPs budget.")
 flags.DEFINE_float("budget_ms", None, "Derive keep ratios meeting this latency (--latency_table).")
 flags.DEFINE_string("latency_table", None, "Per-block latency table JSON (spvit_tf.latency_table).")
+flags.DEFINE_integer(
+    "align_to_latency_steps", 0, "Drop up to this many more tokens per location where "
+    "--latency_table shows they cost a latency step (needs a table timed at every length near "
+    "the counts; 0: off).", lower_bound=0,
+)
 flags.DEFINE_float("distill_weight", 0.5, "Weight of the KL to the teacher's logits.")
 flags.DEFINE_float("token_weight", 0.5, "Weight of the kept-token MSE to the teacher's tokens.")
 flags.DEFINE_float("ratio_weight", 2.0, "Weight of the keep-ratio (budget) regulariser.")
@@ -111,18 +116,25 @@ def check_flags():
         raise SpvitError("--workdir is required: where checkpoints, logs and the model go")
     if FLAGS.budget_gflops is not None and FLAGS.budget_ms is not None:
         raise SpvitError("give one budget: --budget_gflops or --budget_ms, not both")
-    if FLAGS.budget_ms is not None and not FLAGS.latency_table:
-        raise SpvitError("--budget_ms needs --latency_table=<json> (python -m spvit_tf.latency_table)")
+    for name in ("budget_ms", "align_to_latency_steps"):
+        if FLAGS[name].value and not FLAGS.latency_table:
+            raise SpvitError(
+                f"--{name} needs --latency_table=<json> (python -m spvit_tf.latency_table)"
+            )
     if FLAGS.keep_ratios and (FLAGS.budget_gflops is not None or FLAGS.budget_ms is not None):
         raise SpvitError("give --keep_ratios or a budget (--budget_gflops/--budget_ms), not both")
     if FLAGS.batch_size < 1 or FLAGS.epochs < 1 and FLAGS.steps < 1:
         raise SpvitError("--batch_size and --epochs (or --steps) must be positive")
     if FLAGS.cpu_replicas and FLAGS.strategy != "mirrored":
         raise SpvitError("--cpu_replicas needs --strategy=mirrored")
+    if FLAGS.align_to_latency_steps and FLAGS.mode in ("dense", "search"):
+        raise SpvitError(f"--align_to_latency_steps moves a schedule's counts; --mode={FLAGS.mode} "
+                         "has none")
 
 
 def resolve_pruning(overrides, depth):
-    """The run's pruning dict (None for dense): explicit ratios, or a schedule from the budget."""
+    """The run's pruning dict (None for dense): explicit ratios or a schedule from the budget,
+    moved off latency steps with --align_to_latency_steps."""
     from spvit_tf.flops import pruning_from_flags
 
     mode = FLAGS.mode
@@ -132,11 +144,31 @@ def resolve_pruning(overrides, depth):
         return pruning_from_flags("spvit", range(1, depth), ["1.0"] * (depth - 1), FLAGS.selection)
     locations = FLAGS.pruning_locations
     if FLAGS.keep_ratios:
-        return pruning_from_flags(mode, locations, FLAGS.keep_ratios, FLAGS.selection)
-    if FLAGS.budget_gflops is None and FLAGS.budget_ms is None:
+        pruning = pruning_from_flags(mode, locations, FLAGS.keep_ratios, FLAGS.selection)
+    elif FLAGS.budget_gflops is None and FLAGS.budget_ms is None:
         raise SpvitError(
             f"--mode={mode} needs --keep_ratios=... or a budget (--budget_gflops or --budget_ms)"
         )
+    else:
+        pruning = pruning_from_flags(mode, locations, budget_ratios(mode, locations, overrides),
+                                     FLAGS.selection)
+    if FLAGS.align_to_latency_steps:
+        from spvit_tf import budget
+
+        aligned = budget.align_to_latency_steps(
+            FLAGS.latency_table, FLAGS.model, pruning["keep_ratios"],
+            locations=pruning["locations"], method=mode, overrides=overrides,
+            max_trim=FLAGS.align_to_latency_steps,
+        )
+        print(f"aligned to latency steps: keep_ratios={','.join(map(str, aligned.keep_ratios))} "
+              f"({aligned.counts} tokens; predicted {aligned.predicted_ms:.3f} ms, "
+              f"{aligned.unaligned_ms:.3f} ms before)")
+        pruning["keep_ratios"] = aligned.keep_ratios
+    return pruning
+
+
+def budget_ratios(mode, locations, overrides):
+    """Keep ratios of the mildest schedule meeting --budget_gflops or --budget_ms."""
     from spvit_tf import budget
 
     cost = "gflops" if FLAGS.budget_gflops is not None else "latency"
@@ -152,7 +184,7 @@ def resolve_pruning(overrides, depth):
     unit = "GFLOPs" if cost == "gflops" else "ms"
     print(f"schedule for the budget: keep_ratios={','.join(map(str, ratios))} "
           f"(predicted {predicted:.3f} {unit} <= budget; dense {dense:.3f} {unit})")
-    return pruning_from_flags(mode, locations, [str(r) for r in ratios], FLAGS.selection)
+    return ratios
 
 
 def split_cpu():

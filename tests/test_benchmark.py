@@ -106,6 +106,28 @@ def test_cli_times_every_model_backend_and_thread_count(models, tmp_path):
     assert "| pruned |" in result.stdout and "latency ratio" in result.stdout
 
 
+def test_rounds_interleave_and_keep_the_median_of_round_medians(models, tmp_path):
+    result = run_cli(f"--models={models[1]}", "--runs=3", "--warmup=1", "--rounds=3",
+                     f"--output_dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    (row,), _, meta = bench_results.read_results(tmp_path / "results.json")
+    assert row.status == "ok" and row.runs == 9 and meta["rounds"] == 3
+
+
+def test_combine_rounds():
+    from spvit_tf.benchmark import combine_rounds
+
+    def result(median, p90, mean, low, memory):
+        return dict(runs=5, median_ms=median, p90_ms=p90, mean_ms=mean, min_ms=low,
+                    init_ms=median * 10, first_ms=median * 2, peak_memory_mb=memory)
+
+    slow_round = result(50.0, 90.0, 60.0, 40.0, 3.0)
+    combined = combine_rounds([result(10.0, 12.0, 11.0, 9.0, 5.0), slow_round,
+                               result(11.0, 13.0, 13.0, 8.0, 4.0)])
+    assert combined == dict(runs=15, median_ms=11.0, p90_ms=13.0, mean_ms=28.0, min_ms=8.0,
+                            init_ms=110.0, first_ms=22.0, peak_memory_mb=5.0)
+
+
 def test_a_model_the_runtime_rejects_becomes_a_failed_row(tmp_path):
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(b"not a flatbuffer")
@@ -124,6 +146,7 @@ def test_a_model_the_runtime_rejects_becomes_a_failed_row(tmp_path):
         (["--models=MODEL", "--num_threads=1,x"], "bad --num_threads '1,x'"),
         (["--models=MODEL", "--num_threads=0"], "bad --num_threads '0'"),
         (["--models=MODEL", "--backends=gpu"], "bad --backends ['gpu']"),
+        (["--models=MODEL", "--rounds=0"], "--rounds must be at least 1"),
         (["--models=MODEL", "--flops=other:1"], "--flops names ['other'] match no model"),
         (["--models=MODEL", "--flops=dense:many"], "bad --flops entry 'dense:many'"),
     ],

@@ -227,6 +227,65 @@ def test_schedule_for_a_latency_budget(tmp_path):
         budget.schedule_for_budget(DEIT, budget=2.2, locations=(1,), cost="joules", overrides=TINY)
 
 
+def staircase_table(tile=8, step=0.05):
+    """Every length 1-70 timed; a block pays `step` ms for each started tile of `tile` rows."""
+    table = synthetic_table(range(1, 71))
+    table["stages"][0]["block_ms"] = [
+        0.1 + 0.001 * n + step * -(-n // tile) for n in table["stages"][0]["tokens"]
+    ]
+    return table
+
+
+@pytest.mark.parametrize("method, ratios, counts", [
+    # spvit keeps 32 of 64 at block 2: blocks 2-3 see 1 + 32 + package = 34 = 4 tiles + 2,
+    # two tokens dearer than average each (one more tile): both go
+    ("spvit", (0.5,), (30,)),
+    ("hard", (0.5,), (31,)),  # 1 + 32 = 33: one token past 4 tiles
+    ("hard", (0.484,), (31,)),  # 1 + 31 = 32 fills the tiles: nothing moves
+    # two locations, as many steps: each trimmed, the first one first
+    ("hard", (0.766, 0.5), (47, 31)),
+])
+def test_align_to_latency_steps_drops_tokens_that_cost_a_tile(tmp_path, method, ratios, counts):
+    path = write(tmp_path, staircase_table())
+    locations = (1, 2)[-len(ratios):] if len(ratios) == 1 else (1, 2)
+    aligned = budget.align_to_latency_steps(
+        path, DEIT, ratios, locations=locations, method=method, overrides=TINY
+    )
+    assert aligned.counts == counts
+    cost_fn = budget.latency_cost(
+        budget.load_latency_table(path), DEIT,
+        dict(TINY, pruning=dict(method=method, locations=locations)),
+    )
+    assert aligned.predicted_ms == pytest.approx(cost_fn(aligned.keep_ratios))
+    assert aligned.unaligned_ms == pytest.approx(cost_fn(ratios))
+    assert aligned.predicted_ms <= aligned.unaligned_ms
+    config = flops.architecture(DEIT, **TINY).stages[0].num_patches
+    assert tuple(round(r * config) for r in aligned.keep_ratios) == counts
+
+
+def test_align_to_latency_steps_leaves_a_smooth_table_alone(tmp_path):
+    path = write(tmp_path, synthetic_table(range(1, 71)))  # linear: no token dearer than average
+    aligned = budget.align_to_latency_steps(path, DEIT, (0.766, 0.5), locations=(1, 2),
+                                            overrides=TINY)
+    assert aligned.keep_ratios == (0.766, 0.5) and aligned.counts == (49, 32)
+    assert aligned.predicted_ms == pytest.approx(aligned.unaligned_ms)
+    unchanged = budget.align_to_latency_steps(
+        write(tmp_path, staircase_table(), "steps.json"), DEIT, (0.5,), locations=(2,),
+        overrides=TINY, max_trim=0,
+    )
+    assert unchanged.counts == (32,)
+    with pytest.raises(SpvitError, match="max_trim"):
+        budget.align_to_latency_steps(path, DEIT, (0.5,), locations=(2,), overrides=TINY,
+                                      max_trim=-1)
+
+
+def test_every_count_has_a_keep_ratio():
+    for tokens in (16, 64, 196, 785):
+        for count in range(1, tokens + 1):
+            ratio = budget._ratio_for_count(count, tokens)
+            assert max(1, round(ratio * tokens)) == count
+
+
 def test_non_monotone_latency_table_is_refused(tmp_path):
     table = synthetic_table()
     table["stages"][0]["block_ms"][2] = 0.0  # faster at 40 tokens than at 20

@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import keras
+import pytest
 
 import spvit_tf
 from conftest import REPO
 from spvit_tf import budget, flops, latency_table
+from spvit_tf.errors import SpvitError
 
 MODEL = "deit_tiny_patch16_224"
 CONFIG = dict(image_size=112)  # DeiT-Ti's widths and depth over 7x7 patches: a short test
@@ -58,6 +60,16 @@ def test_cli_writes_a_table_the_budget_reads(tmp_path):
     assert stage["tokens"] == [2, 5]  # 2x2 patches + the class token: the dense length is 5
     assert set(table["fixed_ms"]) == {"patch_embed", "head"}
     assert json.loads(output.read_text())["format"] == "spvit_tf.latency_table.v1"
+
+
+def test_token_grid_specs():
+    auto = latency_table.token_grid(197)
+    assert len(auto) == latency_table.AUTO_POINTS and auto[0] == 2 and auto[-1] == 201
+    assert latency_table.token_grid(197, "auto,96-99,150") == sorted({*auto, 96, 97, 98, 99, 150})
+    assert latency_table.token_grid(197, "5,3") == [3, 5]
+    for bad in ("a,b", "9-7", "0", "-3", "", "2-x"):
+        with pytest.raises(SpvitError, match="--tokens must be"):
+            latency_table.token_grid(197, bad)
 
 
 def test_cli_rejects_bad_input_in_one_line(tmp_path):

@@ -382,6 +382,10 @@ def test_error_lines(tmp_path, demo):
         "ratios": (spvit, ["--mode=spvit needs --keep_ratios=... or a budget"]),
         "replicas": ([*spvit, "--keep_ratios=0.7,0.49", "--cpu_replicas=2"],
                      ["--cpu_replicas needs --strategy=mirrored"]),
+        "align": ([*spvit, "--keep_ratios=0.7,0.49", "--align_to_latency_steps=2"],
+                  ["--align_to_latency_steps needs --latency_table"]),
+        "align_dense": ([*TINY, "--mode=dense", "--steps=2", work, "--align_to_latency_steps=2",
+                         "--latency_table=t.json"], ["--mode=dense has none"]),
         "workdir": ([*TINY, "--mode=dense", "--steps=2", f"--workdir={demo[0]}"],
                     ["holds a different run", "mode differ", "flags.txt"]),
     }
@@ -394,6 +398,42 @@ def test_error_lines(tmp_path, demo):
     line = error_line(run(["--workdir=/nonexistent", "--top=1"], module="spvit_tf.evaluate",
                           check=False))
     assert "Unknown command line flag 'top'" in line
+
+
+RESOLVE_PRUNING = """
+import json, sys
+from absl import flags
+from spvit_tf import train
+
+flags.FLAGS(["train", *json.loads(sys.argv[1])])
+train.check_flags()
+print(json.dumps(train.resolve_pruning(json.loads(sys.argv[2]), 3)))
+"""
+
+
+def test_keep_ratios_aligned_to_the_latency_steps_of_a_table(tmp_path):
+    """A table whose blocks pay per started tile of 4 rows: keeping 8 of 16 patches puts
+    1 + 8 + package = 10 tokens in blocks 1-2, two past a tile; both are dropped."""
+    from spvit_tf import budget
+
+    options = dict(patch_size=8, embed_dim=24, depth=3, num_heads=2, num_classes=10,
+                   image_size=32)
+    tokens = list(range(1, 21))
+    table = {
+        "format": budget.TABLE_FORMAT, "model": "deit_tiny_patch16_224",
+        "model_config": options, "target": "host", "device": "test", "backend": "cpu",
+        "num_threads": 1, "fixed_ms": {"patch_embed": 0.1, "head": 0.01},
+        "stages": [{"dim": 24, "heads": 2, "blocks": [0, 1, 2], "tokens": tokens,
+                    "block_ms": [0.1 + 0.001 * n + 0.05 * -(-n // 4) for n in tokens],
+                    "selector_ms": [0.01] * 20, "prune_ms": [0.01] * 20}],
+    }
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    argv = [*TINY, "--mode=spvit", "--pruning_locations=1", "--keep_ratios=0.5",
+            f"--latency_table={path}", "--align_to_latency_steps=2", "--workdir=unused"]
+    result = run(["-c", RESOLVE_PRUNING, json.dumps(argv), json.dumps(options)], module=None)
+    assert "aligned to latency steps: keep_ratios=0.375 ((6,) tokens" in result.stdout
+    assert json.loads(result.stdout.splitlines()[-1])["keep_ratios"] == [0.375]
 
 
 def test_search_writes_a_schedule_that_parses_and_meets_the_budget(tmp_path):

@@ -40,17 +40,28 @@ class HeadwiseDense(keras.layers.Layer):
         )
         self.bias = self.add_weight(name="bias", shape=lead + (self.units,), initializer="zeros")
 
-    def call(self, x, contrast=False):
-        """`contrast`: one output, unit 0 minus unit 1 (a two-way softmax's logit) in one matmul;
-        the kernel difference is a constant the TFLite converter folds."""
+    def call(self, x, context=None, contrast=False):
+        """`context` (B, H, 1, c - c_x): the trailing input channels, the same for every token;
+        their product is taken once and added as a bias instead of once per token.
+        `contrast`: one output, unit 0 minus unit 1 (a two-way softmax's logit) in one matmul.
+        Kernel slices and differences are constants the TFLite converter folds."""
         kernel, bias = self.kernel, self.bias
         if contrast:
             kernel, bias = kernel[..., :1] - kernel[..., 1:], bias[..., :1] - bias[..., 1:]
-        if self.shared:
-            return ops.matmul(x, kernel) + bias
-        if kernel.shape[0] == 1:  # one head: a plain matmul (TF's oneDNN batch matmul
-            return ops.matmul(x, kernel[0]) + bias  # crashes broadcasting 1 to B)
-        return ops.matmul(x, kernel) + bias[:, None, :]  # (B, H, n, c) @ (H, c, u)
+        if not self.shared:
+            bias = bias[:, None, :]  # (H, 1, u): the same for every token
+        if context is not None:
+            split = x.shape[-1]
+            bias = self._product(context, kernel[..., split:, :]) + bias
+            kernel = kernel[..., :split, :]
+        return self._product(x, kernel) + bias
+
+    def _product(self, x, kernel):
+        """(B, H, n, c) @ kernel (H, c, u) or shared (c, u); one head as a plain matmul (TF's
+        oneDNN batch matmul crashes broadcasting a leading 1 to B)."""
+        if self.shared or kernel.shape[0] > 1:
+            return ops.matmul(x, kernel)
+        return ops.matmul(x, kernel[0])
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "shared": self.shared}
@@ -62,7 +73,9 @@ class MultiHeadTokenSelector(keras.layers.Layer):
 
     Channels are split into the block's H heads. Per head: LayerNorm -> Linear -> GELU; the
     first half of the channels stays local, the second half is averaged over the currently
-    kept tokens (global context); an MLP (c -> c/2 -> c/4 -> 2) scores keep/drop. A head
+    kept tokens (global context); an MLP (c -> c/2 -> c/4 -> 2) scores keep/drop. Its first
+    layer takes the context's product once per image, not once per token (no broadcast and
+    concatenation: the same numbers in fewer ops and MACs). A head
     importance branch (per-head channel mean -> H/2 -> H, sigmoid) weights the heads per
     token, and the per-head log-probabilities and probabilities are combined as weighted
     means.
@@ -136,9 +149,8 @@ class MultiHeadTokenSelector(keras.layers.Layer):
             context = ops.sum(context * weights, axis=2, keepdims=True) / ops.sum(
                 weights, axis=2, keepdims=True
             )
-        x = ops.concatenate([local, context + ops.zeros_like(local)], axis=-1)
-        for layer in self.score_mlp[:-1]:
-            x = ops.gelu(layer(x), approximate=False)
+        x = ops.gelu(self.score_mlp[0](local, context=context), approximate=False)
+        x = ops.gelu(self.score_mlp[1](x), approximate=False)
         # Keep probability = softmax over (keep, drop) = sigmoid of their difference: at
         # inference one output unit and a LOGISTIC, not a 2-wide SOFTMAX and a slice (slow in
         # XNNPACK); training also needs the log-probabilities of both.
