@@ -272,14 +272,16 @@ def format_markdown(rows, comparisons=()):
     if comparisons:
         header = [
             "dense", "pruned", "device", "backend", "threads", "latency", "dense ms",
-            "pruned ms", "latency ratio", "FLOPs ratio",
+            "pruned ms", "latency ratio", "FLOPs ratio", "latency / FLOPs",
         ]  # fmt: skip
-        lines += ["", "Ratios are pruned / dense.", ""]
+        lines += ["", "Ratios are pruned / dense; latency / FLOPs above 1 is time the FLOPs miss.",
+                  ""]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for c in comparisons:
             cells = [
                 c.dense, c.pruned, c.device, c.backend, c.num_threads, c.metric.split("_")[0],
                 c.dense_ms, c.pruned_ms, c.latency_ratio, c.flops_ratio,
+                c.flops_ratio and f"{c.latency_ratio / c.flops_ratio:.3f}",  # 1.049 vs 1.05
             ]  # fmt: skip
             lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
     return "\n".join(lines) + "\n"

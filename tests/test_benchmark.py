@@ -103,6 +103,9 @@ def test_cli_times_every_model_backend_and_thread_count(models, tmp_path):
     assert "Ratios are pruned / dense." in markdown
     pair_lines = [line for line in markdown.splitlines() if line.startswith("| dense | pruned |")]
     assert len(pair_lines) == 5 and all("| median |" in line for line in pair_lines[1:])
+    cells = pair_lines[1].strip("| ").split(" | ")
+    latency, flop, per_flop = (float(v) for v in cells[-3:])
+    assert per_flop == pytest.approx(latency / flop, rel=0.01)
     assert "| pruned |" in result.stdout and "latency ratio" in result.stdout
 
 
