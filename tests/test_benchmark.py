@@ -100,7 +100,7 @@ def test_cli_times_every_model_backend_and_thread_count(models, tmp_path):
     assert len(table) == 8 and list(table[0]) == bench_results.FIELDS
     assert float(table[0]["median_ms"]) == pytest.approx(rows[0].median_ms)
     markdown = (tmp_path / "results.md").read_text()
-    assert "Ratios are pruned / dense." in markdown
+    assert "Ratios are pruned / dense;" in markdown
     pair_lines = [line for line in markdown.splitlines() if line.startswith("| dense | pruned |")]
     assert len(pair_lines) == 5 and all("| median |" in line for line in pair_lines[1:])
     cells = pair_lines[1].strip("| ").split(" | ")
