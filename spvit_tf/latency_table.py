@@ -81,9 +81,8 @@ def token_grid(dense_tokens, spec="auto"):
     except ValueError:
         tokens = set()
     if not tokens or min(tokens) < 1:
-        raise SpvitError(
-            f"--tokens must be 'auto', positive integers and ranges like auto,60-75,197; got {spec!r}"
-        )
+        raise SpvitError(f"--tokens must be 'auto', positive integers and ranges like "
+                         f"auto,60-75,197; got {spec!r}")
     return sorted(tokens)
 
 
