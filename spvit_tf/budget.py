@@ -509,7 +509,8 @@ def align_to_latency_steps(
     config = dataclasses.replace(template, keep_ratios=tuple(keep_ratios))
     stages = arch.block_stages
     totals = [arch.stages[stages[loc]].num_patches for loc in config.locations]
-    counts = list(config.token_counts(totals))
+    original = config.token_counts(totals)
+    counts = list(original)
 
     def cost(candidate):
         return cost_fn([_ratio_for_count(c, n) for c, n in zip(candidate, totals)])
@@ -531,8 +532,7 @@ def align_to_latency_steps(
                 best, best_gain = trim, gain
         counts[j] -= best
     ratios = tuple(r if c == k else _ratio_for_count(c, n)
-                   for r, k, c, n in zip(config.keep_ratios, config.token_counts(totals), counts,
-                                         totals))
+                   for r, k, c, n in zip(config.keep_ratios, original, counts, totals))
     return AlignedSchedule(ratios, tuple(counts), cost_fn(ratios), unaligned)
 
 

@@ -75,7 +75,9 @@ def token_grid(dense_tokens, spec="auto"):
                 tokens |= {int(round(t)) for t in np.linspace(2, top, AUTO_POINTS)}
             elif "-" in item.strip()[1:]:
                 low, high = (int(v) for v in item.split("-"))
-                tokens |= set(range(low, high + 1)) if low <= high else {0}
+                if low > high:
+                    raise ValueError(item)
+                tokens |= set(range(low, high + 1))
             else:
                 tokens.add(int(item))
     except ValueError:
