@@ -24,7 +24,9 @@ table this script measures first at the first --threads count, at every sequence
 near the schedules' (`latency_table --tokens=auto,A-B,...`): the latency-aware token counts
 a user gets from `train --latency_table=... --align_to_latency_steps=N` on their target.
 
-Random weights, seeded: fp32 latency does not depend on them. int8 latency does on this x86
+Random weights, seeded, with every weight perturbed (`latency_table.trained_like`: a fresh
+model's zero biases and unit norm scales would fold away with their ops, which a trained
+model runs); fp32 latency does not depend on their values. int8 latency does on this x86
 host (the weights set the quantization ranges and with them the int8 kernels' work), so
 int8 ratios from random weights are indicative only; the trained models' int8 timings are
 in the results table.
@@ -99,14 +101,14 @@ def main(argv):
     import numpy as np
 
     import spvit_tf
-    from spvit_tf import benchmark, export, flops
+    from spvit_tf import benchmark, export, flops, latency_table
 
     folder = pathlib.Path(tempfile.mkdtemp())
     models = variants()
     paths, costs = [], []
     for i, (_, _, options) in enumerate(models):
         keras.utils.set_random_seed(0)
-        model = spvit_tf.create_model(FLAGS.model, **options)
+        model = latency_table.trained_like(spvit_tf.create_model(FLAGS.model, **options))
         size = model.image_size[0]
         calibration = np.random.default_rng(0).normal(size=(8, size, size, 3)).astype(np.float32)
         graph = export.serving_model(model, "float", mean=0.0, std=1.0)

@@ -53,7 +53,7 @@ def main(argv):
         pruning = None if method == "dense" else dict(method=method, locations=LOCATIONS,
                                                       keep_ratios=ratios)
         keras.utils.set_random_seed(0)
-        model = spvit_tf.create_model(MODEL, pruning=pruning)
+        model = latency_table.trained_like(spvit_tf.create_model(MODEL, pruning=pruning))
         paths.append(write(folder, method, export.serving_model(model, "float", 0.0, 1.0)))
         cost = flops.model_cost(model)
         costs[method], lengths[method] = cost.gflops, cost.tokens_per_block
@@ -72,7 +72,7 @@ def main(argv):
         print(f"{part}: {extra_ms:.3f} ms measured, {extra_gflops * ms_per_gflop:.3f} ms at the "
               f"dense model's {ms_per_gflop:.2f} ms/GFLOP ({extra_gflops * 1e3:.2f} MFLOPs)")
 
-    block = spvit_tf.create_model(MODEL).blocks[0]
+    block = latency_table.trained_like(spvit_tf.create_model(MODEL)).blocks[0]
     centres = sorted(set(lengths["static"]) - {max(lengths["static"])})
     grid = sorted({n + d for n in centres for d in range(-FLAGS.window, FLAGS.window + 1)})
     paths = [write(folder, f"block_{n}", latency_table.block_graph(block, n)) for n in grid]

@@ -35,6 +35,7 @@ def step_model(method):
     """A Keras model: tokens (1, 1 + n, D) -> the sequence after one pruning step."""
     import keras
 
+    from spvit_tf import latency_table
     from spvit_tf.pruning.tokens import TokenPruner, TokenState
 
     class Step(keras.Model):
@@ -43,6 +44,7 @@ def step_model(method):
             pruning = dict(method=method, locations=[3], keep_ratios=[0.7])
             self.pruner = TokenPruner(pruning, [DIM], [HEADS], [TOKENS], [GRID])
             self.pruner.build()
+            latency_table.trained_like(self.pruner)
 
         def call(self, x):
             state = TokenState.start(x, 1, TOKENS, masked=False)

@@ -44,9 +44,13 @@ class LayerNorm(keras.layers.Layer):
         self.beta = self.add_weight(name="beta", shape=shape, initializer="zeros")
 
     def call(self, x):
-        d = x - ops.mean(x, axis=-1, keepdims=True)
-        variance = ops.mean(d * d, axis=-1, keepdims=True)
-        return d * ops.rsqrt(variance + self.epsilon) * self.gamma + self.beta
+        return self.standardize(x) * self.gamma + self.beta
+
+    def standardize(self, x, mean=None):
+        """The LayerNorm before its scale and shift, for a caller that folds those into the
+        next layer's weights; `mean` (the last axis's, keepdims) when the caller has it."""
+        d = x - (ops.mean(x, axis=-1, keepdims=True) if mean is None else mean)
+        return d * ops.rsqrt(ops.mean(d * d, axis=-1, keepdims=True) + self.epsilon)
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon, "param_axes": self.param_axes}

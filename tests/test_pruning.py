@@ -101,6 +101,25 @@ def test_gpu_friendly_selection_matches_top_k(family):
     np.testing.assert_allclose(twin(x), model(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_headwise_dense_is_one_matmul_per_head_and_folds_an_affine_input(shared):
+    from spvit_tf.pruning.selector import fold_affine, headwise_dense
+
+    rng = np.random.default_rng(0)
+    heads, c, u = 3, 8, 5
+    lead = () if shared else (heads,)
+    kernel, bias = rng.normal(size=lead + (c, u)), rng.normal(size=lead + (u,))
+    scale, shift = rng.normal(size=lead + (c,)), rng.normal(size=lead + (c,))
+    x = rng.normal(size=(2, 7, heads, c))
+    per_head = lambda h, t: t if shared else t[h]  # noqa: E731
+    expected = np.concatenate([
+        (x[:, :, h] * per_head(h, scale) + per_head(h, shift)) @ per_head(h, kernel)
+        + per_head(h, bias) for h in range(heads)], axis=-1)
+    folded = fold_affine(*(t.astype("float32") for t in (kernel, bias, scale, shift)))
+    out = headwise_dense(x.reshape(2, 7, heads * c).astype("float32"), *folded)
+    np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize("family", ["vit", "pit"])
 @pytest.mark.parametrize("shared", [False, True])
 def test_gradients_reach_every_selector_weight(family, shared):

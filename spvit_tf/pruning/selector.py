@@ -12,15 +12,37 @@ from keras import ops
 from spvit_tf.layers import LayerNorm, masked_softmax
 
 
+def headwise_dense(x, kernel, bias):
+    """x (B, n, H * c) with head-major channels -> (B, n, H * u): each head's c channels
+    times its own kernel (H, c, u), or a shared one (c, u), plus bias (H, u) or (u,).
+
+    A grouped 1 x 1 convolution: TFLite CONV_2D with the bias fused, on the tokens' own
+    layout. A BATCH_MATMUL per head needs heads leading (transposes) and a separate bias ADD:
+    the selector of commit 86009f5 did that, 94 us against 77 us now for a DeiT-Ti selector
+    over 196 tokens with trained-like weights (fp32, 1 thread, this repo's x86 CI host).
+    """
+    channels, units = kernel.shape[-2], kernel.shape[-1]
+    heads = x.shape[-1] // channels
+    kernel = ops.broadcast_to(kernel, (heads, channels, units))  # shared: the same per head
+    grouped = ops.reshape(ops.transpose(kernel, (1, 0, 2)), (1, channels, heads * units))
+    bias = ops.reshape(ops.broadcast_to(bias, (heads, units)), (heads * units,))
+    return ops.conv(x, grouped, data_format="channels_last") + bias
+
+
+def fold_affine(kernel, bias, scale, shift):
+    """(kernel, bias) of a headwise layer that first maps its input by `x * scale + shift`
+    ((H, c) or (c,): a LayerNorm's gamma and beta): two fewer passes over the tokens."""
+    return scale[..., None] * kernel, bias + ops.sum(shift[..., None] * kernel, axis=-2)
+
+
 @keras.saving.register_keras_serializable("spvit_tf")
 class HeadwiseDense(keras.layers.Layer):
-    """A Dense layer on (B, H, n, c) with one weight matrix per head, or shared.
+    """A Dense layer per head (`headwise_dense`), one weight matrix per head or shared.
 
-    Heads lead so each head is one (n, c) @ (c, u) matmul: a layout XNNPACK and the GPU
-    delegate run well (a per-token layout would be n * H tiny 1 x c products). Kernels start
-    Glorot-scaled per head, not at the backbone's 0.02: four 0.02 layers in a row shrink the
-    selector's output to ~1e-3 of its input, a nearly constant score a short fine-tune never
-    moves away from (measured: every token's keep score equal to 3 decimals after 2 epochs).
+    Kernels start Glorot-scaled per head, not at the backbone's 0.02: four 0.02 layers in a
+    row shrink the selector's output to ~1e-3 of its input, a nearly constant score a short
+    fine-tune never moves away from (measured: every token's keep score equal to 3 decimals
+    after 2 epochs).
     """
 
     def __init__(self, units, shared=False, **kwargs):
@@ -29,7 +51,8 @@ class HeadwiseDense(keras.layers.Layer):
         self.shared = shared
 
     def build(self, input_shape):
-        heads, channels = input_shape[1], input_shape[-1]
+        """input_shape (..., H, c)."""
+        heads, channels = input_shape[-2], input_shape[-1]
         lead = () if self.shared else (heads,)
         self.kernel = self.add_weight(
             name="kernel",
@@ -41,27 +64,19 @@ class HeadwiseDense(keras.layers.Layer):
         self.bias = self.add_weight(name="bias", shape=lead + (self.units,), initializer="zeros")
 
     def call(self, x, context=None, contrast=False):
-        """`context` (B, H, 1, c - c_x): the trailing input channels, the same for every token;
-        their product is taken once and added as a bias instead of once per token.
-        `contrast`: one output, unit 0 minus unit 1 (a two-way softmax's logit) in one matmul.
-        Kernel slices and differences are constants the TFLite converter folds."""
+        """x (B, n, H * c_x) -> (B, n, H * u). `context` (B, 1, H * (c - c_x)): the trailing
+        input channels, the same for every token; their product is taken once and added as a
+        bias instead of once per token. `contrast`: one output, unit 0 minus unit 1 (a two-way
+        softmax's logit) in one product. Kernel slices and differences are constants the
+        TFLite converter folds."""
         kernel, bias = self.kernel, self.bias
         if contrast:
             kernel, bias = kernel[..., :1] - kernel[..., 1:], bias[..., :1] - bias[..., 1:]
-        if not self.shared:
-            bias = bias[:, None, :]  # (H, 1, u): the same for every token
-        if context is not None:
-            split = x.shape[-1]
-            bias = self._product(context, kernel[..., split:, :]) + bias
-            kernel = kernel[..., :split, :]
-        return self._product(x, kernel) + bias
-
-    def _product(self, x, kernel):
-        """(B, H, n, c) @ kernel (H, c, u) or shared (c, u); one head as a plain matmul (TF's
-        oneDNN batch matmul crashes broadcasting a leading 1 to B)."""
-        if self.shared or kernel.shape[0] > 1:
-            return ops.matmul(x, kernel)
-        return ops.matmul(x, kernel[0])
+        if context is None:
+            return headwise_dense(x, kernel, bias)
+        split = x.shape[-1] * kernel.shape[-2] // (x.shape[-1] + context.shape[-1])  # c_x
+        context_bias = headwise_dense(context, kernel[..., split:, :], ops.zeros_like(bias))
+        return headwise_dense(x, kernel[..., :split, :], bias) + context_bias
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "shared": self.shared}
@@ -113,9 +128,9 @@ class MultiHeadTokenSelector(keras.layers.Layer):
     def build(self, input_shape):
         c, h = self.head_dim, self.num_heads
         self.norm.build((None, None, h, c))
-        self.in_proj.build((None, h, None, c))
+        self.in_proj.build((None, None, h, c))
         for layer, width in zip(self.score_mlp, (c, c // 2, c // 4)):
-            layer.build((None, h, None, width))
+            layer.build((None, None, h, width))
         last = self.score_mlp[-1]
         keep_logit = math.log(self.initial_keep / (1.0 - self.initial_keep))
         last.bias.assign(ops.broadcast_to(ops.array([keep_logit, 0.0]), last.bias.shape))
@@ -127,44 +142,50 @@ class MultiHeadTokenSelector(keras.layers.Layer):
         """patches (B, n, D), keep (B, n) or None -> (log-probs (B, n, 2), keep prob (B, n)).
 
         `log_probs=False` (inference) returns None for them: only the keep probability ranks.
+        Tensors stay (B, n, H * width), heads in the channels, so no op transposes.
         """
-        n = patches.shape[1]
-        x = ops.reshape(patches, (-1, n, self.num_heads, self.head_dim))
-        head_weights = ops.ones((1, 1, 1, 1))  # a single head: weight 1
+        n, heads = patches.shape[1], self.num_heads
+        gelu = lambda t: ops.gelu(t, approximate=False)  # noqa: E731
+        x = ops.reshape(patches, (-1, n, heads, self.head_dim))
+        mean = ops.mean(x, axis=-1, keepdims=True)  # the norm's and the head gate's input
+        head_weights = ops.ones((1, 1, 1))  # a single head: weight 1
         if self.head_gate:
-            hidden = ops.gelu(self.head_gate[0](ops.mean(x, axis=-1)), approximate=False)
+            hidden = gelu(self.head_gate[0](ops.reshape(mean, (-1, n, heads))))
             # Sigmoid head weights normalised to sum 1 as softmax(log sigmoid): equal to
             # dividing by their sum, but no DIV, whose int8 kernel aborts near zero divisors
             # (and log of the sigmoid, as log_sigmoid lowers to a NEG int8 keeps float).
             gate = ops.log(ops.sigmoid(self.head_gate[1](hidden)) + 1e-12)
-            head_weights = ops.transpose(ops.softmax(gate, axis=-1), (0, 2, 1))[..., None]
-        x = ops.transpose(self.norm(x), (0, 2, 1, 3))  # (B, H, n, c): heads lead
-        x = ops.gelu(self.in_proj(x), approximate=False)
-        half = self.head_dim // 2
-        local, context = x[..., :half], x[..., half:]
+            head_weights = ops.softmax(gate, axis=-1)  # (B, n, H)
+        x = ops.reshape(self.norm.standardize(x, mean), (-1, n, heads * self.head_dim))
+        kernel, bias = fold_affine(
+            self.in_proj.kernel, self.in_proj.bias, self.norm.gamma, self.norm.beta
+        )
+        half = self.head_dim // 2  # local features, and those averaged into global context
+        local = gelu(headwise_dense(x, kernel[..., :half], bias[..., :half]))
+        context = gelu(headwise_dense(x, kernel[..., half:], bias[..., half:]))
         if keep is None:
-            context = ops.mean(context, axis=2, keepdims=True)
+            context = ops.mean(context, axis=1, keepdims=True)
         else:
-            weights = keep[:, None, :, None]
-            context = ops.sum(context * weights, axis=2, keepdims=True) / ops.sum(
-                weights, axis=2, keepdims=True
+            weights = keep[:, :, None]
+            context = ops.sum(context * weights, axis=1, keepdims=True) / ops.sum(
+                weights, axis=1, keepdims=True
             )
-        x = ops.gelu(self.score_mlp[0](local, context=context), approximate=False)
-        x = ops.gelu(self.score_mlp[1](x), approximate=False)
+        x = gelu(self.score_mlp[0](local, context=context))
+        x = gelu(self.score_mlp[1](x))
         # Keep probability = softmax over (keep, drop) = sigmoid of their difference: at
         # inference one output unit and a LOGISTIC, not a 2-wide SOFTMAX and a slice (slow in
         # XNNPACK); training also needs the log-probabilities of both.
         last = self.score_mlp[-1]
         if log_probs:
-            logits = last(x)  # (B, H, n, 2)
-            keep_logit = logits[..., :1] - logits[..., 1:]
+            logits = ops.reshape(last(x), (-1, n, heads, 2))
+            keep_logit = logits[..., 0] - logits[..., 1]
         else:
-            keep_logit = last(x, contrast=True)  # (B, H, n, 1)
-        keep_prob = ops.sum(ops.sigmoid(keep_logit) * head_weights, axis=1)
-        keep_prob = ops.reshape(keep_prob, (-1, n))  # not [..., 0]: no shrinking slice (GPU)
+            keep_logit = last(x, contrast=True)  # (B, n, H)
+        keep_prob = ops.sum(ops.sigmoid(keep_logit) * head_weights, axis=-1)
         if not log_probs:
             return None, keep_prob
-        return ops.sum(ops.log_softmax(logits, axis=-1) * head_weights, axis=1), keep_prob
+        log_probs = ops.log_softmax(logits, axis=-1) * head_weights[..., None]
+        return ops.sum(log_probs, axis=2), keep_prob
 
     def get_config(self):
         return {
