@@ -101,8 +101,9 @@ def trained_like(layer, seed=0, scale=0.02):
     """`layer` with noise added to every trainable weight, so nothing it times folds away.
 
     A fresh model's zero biases and unit LayerNorm scales are constants the TFLite converter
-    removes with their ADDs and MULs, which a trained model keeps: timing fresh models
-    under-counts (a DeiT-Ti selector at 196 tokens: 70 us fresh, 94 us with every weight set).
+    may remove with their ADDs and MULs, which a trained model keeps: timing fresh models can
+    under-count (the selector's former BATCH_MATMUL layout at 196 tokens: 70 us fresh, 94 us
+    with every weight set).
     """
     rng = np.random.default_rng(seed)
     for weight in layer.trainable_weights:

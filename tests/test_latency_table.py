@@ -103,3 +103,21 @@ def test_adb_target_times_through_the_phone_benchmark(tmp_path, monkeypatch):
     times, device, serial = latency_table.time_adb(paths, None, 1, 5, 1, binary, adb)
     assert times == {"stage0_block_5": 27.9, "head": 27.9}
     assert serial == "EMU01" and device.startswith("Pixel 7")
+
+
+def test_trained_like_weights_keep_ops_a_fresh_model_folds_away():
+    from spvit_tf import export
+    from spvit_tf.layers import LayerNorm
+
+    def ops_of(norm):
+        (x,) = latency_table._inputs((5, 8))
+        return sum(export.Graph.read(export.convert(keras.Model(x, norm(x)), "fp32"))
+                   .op_counts().values())
+
+    fresh, norm = LayerNorm(), LayerNorm()
+    fresh.build((None, 5, 8)), norm.build((None, 5, 8))
+    assert latency_table.trained_like(norm) is norm
+    assert all((w.numpy() != f.numpy()).all()
+               for w, f in zip(norm.trainable_weights, fresh.trainable_weights))
+    # A unit scale and zero shift are folded away with their MUL and ADD; trained ones stay.
+    assert ops_of(norm) == ops_of(fresh) + 2
