@@ -108,7 +108,7 @@ def trained_like(layer, seed=0, scale=0.02):
     rng = np.random.default_rng(seed)
     for weight in layer.trainable_weights:
         noise = rng.normal(0.0, scale, weight.shape).astype(weight.dtype)
-        weight.assign(np.asarray(weight.numpy()) + noise)
+        weight.assign(weight.numpy() + noise)
     return layer
 
 

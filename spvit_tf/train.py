@@ -116,8 +116,10 @@ def check_flags():
         raise SpvitError("--workdir is required: where checkpoints, logs and the model go")
     if FLAGS.budget_gflops is not None and FLAGS.budget_ms is not None:
         raise SpvitError("give one budget: --budget_gflops or --budget_ms, not both")
-    for name in ("budget_ms", "align_to_latency_steps"):
-        if FLAGS[name].value and not FLAGS.latency_table:
+    needs_table = {"budget_ms": FLAGS.budget_ms is not None,
+                   "align_to_latency_steps": FLAGS.align_to_latency_steps > 0}
+    for name, given in needs_table.items():
+        if given and not FLAGS.latency_table:
             raise SpvitError(
                 f"--{name} needs --latency_table=<json> (python -m spvit_tf.latency_table)"
             )

@@ -247,7 +247,7 @@ def staircase_table(tile=8, step=0.05):
 ])
 def test_align_to_latency_steps_drops_tokens_that_cost_a_tile(tmp_path, method, ratios, counts):
     path = write(tmp_path, staircase_table())
-    locations = (1, 2)[-len(ratios):] if len(ratios) == 1 else (1, 2)
+    locations = (1, 2)[-len(ratios):]  # one location: block 2
     aligned = budget.align_to_latency_steps(
         path, DEIT, ratios, locations=locations, method=method, overrides=TINY
     )
