@@ -485,9 +485,13 @@ def run_tflite(content, pixels, kind, mean, std):
 
 
 def keras_logits(model, pixels, mean, std, batch_size=64):
+    """The float model's logits, traced once: called eagerly, the TF backend would trace and
+    XLA-compile the selector's grouped convolutions again for every batch."""
+    import tensorflow as tf
+
+    predict = tf.function(lambda images: model(images, training=False))
     batches = (pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size))
-    return np.concatenate([np.asarray(model((b.astype(np.float32) - mean) / std, training=False))
-                           for b in batches])
+    return np.concatenate([predict((b.astype(np.float32) - mean) / std).numpy() for b in batches])
 
 
 # ---- data ----

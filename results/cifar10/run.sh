@@ -49,6 +49,6 @@ done
 models=$(ls $SHIP/cifar10_teacher_fp32.tflite; ls $SHIP/*.tflite $R/tflite/*.tflite | grep -v teacher_fp32)
 models=$(echo "$models" | paste -sd, -)
 [[ -f $R/bench/results.json ]] || python -m spvit_tf.benchmark --models="$models" \
-  --num_threads=1,2 --runs=300 --output_dir=$R/bench
+  --num_threads=1,2 --runs=60 --rounds=5 --output_dir=$R/bench
 python -m spvit_tf.visualize --workdir=$R/spvit_b050 --num_images=6 --output=$R/token_keep.png
 python -m spvit_tf.report --results=$R --readme=README.md
