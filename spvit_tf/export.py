@@ -50,6 +50,8 @@ from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write, read_run
 FORMATS = ("fp32", "fp16", "dynamic", "int8", "int16x8", "fpga_int8")
 QUANTIZED = ("int8", "int16x8", "fpga_int8")  # activations quantized: calibrated
 GPU_FORMATS = ("fp32", "fp16")  # what the GPU delegate computes in
+# What the phone int8 format computes in int8: the ops with weights, nearly all the MACs.
+MOBILE_INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
 IO_TYPES = ("uint8", "int8", "float")
 # Max |TFLite - Keras| logit difference of the float exports on the parity images: over all
 # images for fp32, over the median image for fp16, whose float16 weights can flip a near-tied
@@ -62,12 +64,17 @@ REPORT_FORMAT = "spvit_tf.fpga_report.v1"
 
 # Why an op of a quantized export computes in float, for the card.
 _ISLAND_REASONS = {
-    "QUANTIZE": "entry into the integer graph",
-    "DEQUANTIZE": "exit from the integer graph",
-    ("int8", "TOPK_V2"): "token selection: the converter keeps TOPK_V2 float when only its "
-    "indices are used (methods without a package token)",
+    "QUANTIZE": "entry into integer ops",
+    "DEQUANTIZE": "exit from integer ops",
+    "int8": "float by design: the phone int8 format quantizes only "
+    f"{', '.join(MOBILE_INT8_OPS)}; XNNPACK runs the rest in float in the same partition",
     ("int16x8", "CAST"): "the uint8/int8 input is cast to float before the first quantize",
 }
+
+
+def _island_reason(fmt, op):
+    return (_ISLAND_REASONS.get((fmt, op)) or _ISLAND_REASONS.get(op)
+            or _ISLAND_REASONS.get(fmt) or f"the {fmt} quantizer has no integer kernel for it here")
 
 
 # ---- what is exported ----
@@ -220,19 +227,42 @@ def convert(keras_model, fmt="fp32", calibration=None, io_type=None):
         converter.target_spec.supported_types = [tf.float16]
     if fmt in ("int8", "fpga_int8"):
         converter.representative_dataset = _representative(calibration)
-        # The phone format may fall back to float kernels; the FPGA one may not.
-        converter.target_spec.supported_ops = [int8] + ([builtins] if fmt == "int8" else [])
+        if fmt == "fpga_int8":  # integer kernels only; the phone format picks its islands
+            converter.target_spec.supported_ops = [int8]
         if io_type is not None:
             converter.inference_input_type = converter.inference_output_type = io_type
     try:  # Keras prints its SavedModel export, the quantizer its settings
         with _stdout_captured(), contextlib.redirect_stdout(io.StringIO()), \
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Statistics for quantized inputs")
+            if fmt == "int8":
+                return _mobile_int8(converter, io_type or tf.float32)
             return converter.convert()
     except ConverterError as error:
         lines = [line for line in str(error).splitlines() if "op" in line.lower()]
         raise SpvitError(f"TFLite conversion to {fmt} failed (builtin ops only, no Flex): "
                          f"{(lines or [str(error)])[0].strip()[:300]}") from None
+
+
+def _mobile_int8(converter, io_type):
+    """The phone int8 graph: calibrated int8 in the weighted ops (`MOBILE_INT8_OPS`), float
+    in every other op, so that XNNPACK runs the whole graph in one partition.
+
+    XNNPACK has no int8 kernel for RSQRT, GELU, the attention's BATCH_MATMUL of two
+    activations and more: a fully integer graph leaves those to TFLite's own kernels and
+    splits the delegate around each (CIFAR-10 SPViT: 42 partitions, 2.8x this graph's
+    latency and 1.6x fp32's on the x86 host; `benchmarks/int8_islands.log`).
+    Integer-only accelerators take `fpga_int8`.
+    Uses the converter's calibrate-only pass and the quantizer with a denylist, as
+    `tf.lite.experimental.QuantizationDebugger` does, but with integer I/O.
+    """
+    from tensorflow.lite.python import convert as tf_convert
+
+    converter._experimental_calibrate_only = True  # private API: tensorflow is pinned ~=2.21
+    calibrated = converter.convert()
+    float_ops = {op["type"] for op in Graph.read(calibrated).ops} - set(MOBILE_INT8_OPS)
+    return tf_convert.mlir_quantize(calibrated, input_data_type=io_type,
+                                    output_data_type=io_type, denylisted_ops=sorted(float_ops))
 
 
 def quantize_int16x8(float_content, calibration):
@@ -592,8 +622,7 @@ def model_card(*, stem, fmt, source, model, graph_name, content, graph, kind, ch
         card["float_islands"] = "activations are float by design (dynamic range)"
     elif fmt in QUANTIZED:
         card["float_islands"] = {
-            op: {"count": n, "why": _ISLAND_REASONS.get((fmt, op), _ISLAND_REASONS.get(
-                op, f"the {fmt} quantizer has no integer kernel for it here"))}
+            op: {"count": n, "why": _island_reason(fmt, op)}
             for op, n in sorted(islands.items())
         }
     if gpu is not None:

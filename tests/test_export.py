@@ -110,12 +110,35 @@ def test_quantized_exports_report_agreement_and_stay_integer(exported):
     _, out, cards = exported
     for name in ("dynamic", "int8", "int16x8", "fpga_int8"):
         assert "top1_agreement" in cards[name]["evaluation"]
-    assert cards["int8"]["float_islands"] == {}  # the DIV-free model leaves no float op
     assert cards["fpga_int8"]["float_islands"] == {}
     for name in ("int8", "fpga_int8"):  # int8 DIV aborts on a divisor near zero: none allowed
         assert "DIV" not in cards[name]["ops"], cards[name]["ops"]
     assert "TOPK_V2" in cards["int16x8"]["float_islands"]  # ai-edge-quantizer keeps it float
     assert cards["int8"]["evaluation"]["top1_agreement"] > 0.6  # chance is 0.1
+
+
+def delegate_partitions(path):
+    interpreter = tflite_ops(path)
+    interpreter.allocate_tensors()
+    return sum(op["op_name"] == "DELEGATE" for op in interpreter._get_ops_details())
+
+
+def test_phone_int8_quantizes_the_weighted_ops_and_keeps_xnnpack_in_one_piece(exported):
+    _, out, cards = exported
+    graph = export.Graph.read((out / "cifar_demo_int8.tflite").read_bytes())
+    weighted = [op for op in graph.ops if op["type"] in export.MOBILE_INT8_OPS]
+    assert {op["type"] for op in weighted} == {"FULLY_CONNECTED", "CONV_2D"}
+    for op in weighted:  # activations in, weights and results all int8
+        assert {graph.tensors[t]["dtype"] for t in op["inputs"][:2] + op["outputs"]} == {"int8"}
+    islands = cards["int8"]["float_islands"]
+    assert {"GELU", "SOFTMAX", "BATCH_MATMUL"} <= set(islands)
+    assert not set(islands) & set(export.MOBILE_INT8_OPS)
+    assert "float by design" in islands["GELU"]["why"]
+    # The float islands are what XNNPACK runs: the delegate splits no more than for fp32,
+    # while the integer-only graph leaves ops it has no int8 kernel for outside it.
+    partitions = {f: delegate_partitions(out / f"cifar_demo_{f}.tflite")
+                  for f in ("fp32", "int8", "fpga_int8")}
+    assert partitions["int8"] <= partitions["fp32"] < partitions["fpga_int8"], partitions
 
 
 def test_fpga_export_is_integer_only_with_a_full_op_report(exported):
