@@ -20,16 +20,14 @@ The mean over several schedules is the method's own overhead.
 
 With --align=N each schedule is also timed after `spvit_tf.budget.align_to_latency_steps`
 (up to N fewer tokens per location where they would cost a whole tile), from a host latency
-table this script measures first at the first --threads count, at every sequence length
-near the schedules' (`latency_table --tokens=auto,A-B,...`): the latency-aware token counts
+table this script measures first in --format at the first --threads count, at every sequence
+length near the schedules' (`latency_table --tokens=auto,A-B,...`): the latency-aware counts
 a user gets from `train --latency_table=... --align_to_latency_steps=N` on their target.
 
 Random weights, seeded, with every weight perturbed (`latency_table.trained_like`: a fresh
 model's zero biases and unit norm scales would fold away with their ops, which a trained
-model runs); fp32 latency does not depend on their values. int8 latency does on this x86
-host (the weights set the quantization ranges and with them the int8 kernels' work), so
-int8 ratios from random weights are indicative only; the trained models' int8 timings are
-in the results table.
+model runs). --format=int8 times the exporter's phone int8 (int8 weighted ops, float
+elsewhere; calibrated on random images), aligned with an int8 latency table.
 """
 
 import os
@@ -73,7 +71,8 @@ def aligned_schedules(pruned, num_threads):
         FLAGS.model, pruning=dict(method=method, locations=LOCATIONS, keep_ratios=ratios)
     ).tokens_per_block}
     spec = ",".join(["auto"] + [f"{n - trim - 1}-{n}" for n in sorted(lengths)])
-    table = latency_table.measure_table(FLAGS.model, num_threads=num_threads, tokens=spec)
+    table = latency_table.measure_table(FLAGS.model, num_threads=num_threads, tokens=spec,
+                                        fmt=FLAGS.format)
     out = []
     for label, method, ratios in pruned:
         aligned = budget.align_to_latency_steps(table, FLAGS.model, ratios, locations=LOCATIONS,

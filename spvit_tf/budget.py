@@ -183,6 +183,8 @@ def validate_latency_table(table, source="latency table"):
         )
     if not isinstance(table.get("model"), str) or not isinstance(table.get("model_config"), dict):
         raise SpvitError(f"{source} needs 'model' (a registered name) and 'model_config' (a dict)")
+    if not isinstance(table.get("tflite_format", "fp32"), str):
+        raise SpvitError(f"{source}: 'tflite_format' must be an export format name like 'int8'")
     if "pruning" in table["model_config"]:
         raise SpvitError(f"{source}: 'model_config' must describe the dense model (no 'pruning')")
     stages = table.get("stages")
@@ -208,6 +210,8 @@ def load_latency_table(path, model=None):
     tokens it processes, prefix and packages included); `selector_ms[i]`/`prune_ms[i]` a
     pruning location's selector and selection+package time when `tokens[i]` patch tokens
     enter it. `fixed_ms` holds the token-independent parts (patch embedding, pooling, head).
+    `tflite_format` names the export format the parts were timed in (fp32 when absent: tables
+    written before it was recorded).
     """
     path = pathlib.Path(path)
     try:

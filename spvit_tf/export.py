@@ -205,15 +205,21 @@ def serving_model(model, kind, mean, std):
 # ---- conversion ----
 
 
-def _representative(images):
-    return lambda: ([image[None].astype(np.float32)] for image in images)
+def _representative(inputs):
+    """Calibration batches of one example each from an array (a single-input model) or a
+    dict {input name: array} (the converter orders several inputs its own way)."""
+    if isinstance(inputs, dict):
+        count = len(next(iter(inputs.values())))
+        return lambda: ({k: v[i][None].astype(np.float32) for k, v in inputs.items()}
+                        for i in range(count))
+    return lambda: ([image[None].astype(np.float32)] for image in inputs)
 
 
 def convert(keras_model, fmt="fp32", calibration=None, io_type=None):
     """TFLite bytes of `keras_model` in `fmt` (not int16x8), builtin ops only.
 
-    `calibration`: float inputs of the quantized formats; `io_type`: their integer I/O type
-    (tf.uint8 / tf.int8), None for float I/O.
+    `calibration`: float inputs of the quantized formats (an array, or a dict of them by
+    Keras input name for several inputs); `io_type`: their integer I/O type (tf.uint8 / tf.int8), None for float I/O.
     """
     import tensorflow as tf
     from tensorflow.lite.python.convert_phase import ConverterError

@@ -1,14 +1,17 @@
 """Measures a model family's latency lookup table: the cost model of latency budgets.
 
     python -m spvit_tf.latency_table --model=deit_tiny_patch16_224 --target=host \\
-        --num_threads=1 --output=tables/deit_tiny_host.json [--tokens=auto] [--runs=100]
+        --num_threads=1 --output=tables/deit_tiny_host.json [--tokens=auto] [--runs=100] \\
+        [--format=fp32|fp16|dynamic|int8]
     python -m spvit_tf.latency_table --model=pit_ti_224 --target=adb:SERIAL --num_threads=4 \\
         --output=tables/pit_ti_pixel7.json [--benchmark_binary=PATH]
 
 SPViT prunes to a latency budget, and a pruned model's latency is not its FLOPs: small
 sequences leave kernels under-used and selection adds ops of its own. So each part is timed
-as its own static batch-1 fp32 TFLite graph, on the device and thread count the budget is
-for: one transformer block of each stage at a grid of sequence lengths, the SPViT selector
+as its own static batch-1 TFLite graph in the export format the model will ship in
+(--format, as `spvit_tf.export` writes it: int8 files run their weighted ops in int8 and
+time differently from fp32), on the device and thread count the budget is for: one
+transformer block of each stage at a grid of sequence lengths, the SPViT selector
 (`MultiHeadTokenSelector`) and the selection + package step (`TokenPruner` in gather mode)
 at those lengths of patch tokens, the patch embedding, PiT's pooling layers and the head.
 `spvit_tf.budget.predict_latency_ms` sums them for any schedule.
@@ -27,9 +30,10 @@ many graphs, not one graph); over adb android_benchmark/run_benchmark.py's `benc
 Output (`spvit_tf.latency_table.v1`, read by `spvit_tf.budget.load_latency_table`):
 
     {"format": "spvit_tf.latency_table.v1", "model": NAME, "model_config": {create_model
-     overrides, no pruning}, "target": "host" | "adb:SERIAL", "device": ..., "backend": "cpu",
-     "num_threads": N, "stages": [{"dim", "heads", "blocks": [global indices], "tokens":
-     [sequence lengths], "block_ms", "selector_ms", "prune_ms": [one per token count]}],
+     overrides, no pruning}, "tflite_format": "fp32" | "int8" | ..., "target": "host" |
+     "adb:SERIAL", "device": ..., "backend": "cpu", "num_threads": N, "stages": [{"dim",
+     "heads", "blocks": [global indices], "tokens": [sequence lengths], "block_ms",
+     "selector_ms", "prune_ms": [one per token count]}],
      "fixed_ms": {"patch_embed": ..., "pool_1": ..., "head": ...}}
 
 `tokens` are total sequence lengths for `block_ms` (prefix and package tokens included) and
@@ -59,6 +63,9 @@ AUTO_POINTS = 8
 # The grid's top reaches past the dense length by this many tokens: room for one package
 # token per pruning location when a location keeps (almost) everything.
 PACKAGE_ROOM = 4
+# Export formats a table can be timed in: what a phone's CPU runs (fpga_int8 is for FPGA
+# flows; int16x8 runs on reference kernels).
+FORMATS = ("fp32", "fp16", "dynamic", "int8")
 RUN_BENCHMARK = pathlib.Path(__file__).resolve().parents[1] / "android_benchmark/run_benchmark.py"
 
 
@@ -299,20 +306,32 @@ def _medians(rows):
     return {r.model: r.latency_ms()[1] for r in rows}
 
 
-def write_graphs(graphs, folder):
-    """Converts each Keras graph to `<folder>/<name>.tflite` (fp32, static batch 1)."""
+def calibration_inputs(graph, count=4, seed=0):
+    """Random float inputs for quantizing a timed part: normal tokens and images, keep
+    scores in (0, 1) (the package token takes their logarithm). Latency does not depend on
+    the quantization ranges of the phone formats, whose int8 ops are the weighted ones."""
+    rng = np.random.default_rng(seed)
+    shapes = {tensor.name: (count, *tensor.shape[1:]) for tensor in graph.inputs}
+    return {name: rng.uniform(0.01, 1.0, shape) if len(shape) == 2 else rng.normal(size=shape)
+            for name, shape in shapes.items()}
+
+
+def write_graphs(graphs, folder, fmt="fp32"):
+    """Converts each Keras graph to `<folder>/<name>.tflite` (static batch 1) in export
+    format `fmt` (one of `FORMATS`), float I/O: inside a model the parts pass float tokens."""
     from spvit_tf.export import convert
 
     paths = []
     for part, graph in graphs.items():
         path = pathlib.Path(folder) / f"{part}.tflite"
-        path.write_bytes(convert(graph))
+        calibration = calibration_inputs(graph) if fmt == "int8" else None
+        path.write_bytes(convert(graph, fmt, calibration=calibration))
         paths.append(path)
     return paths
 
 
 def assemble(name, config, stages, times, target="host", device="", num_threads=1, runs=0,
-             rounds=1):
+             rounds=1, fmt="fp32"):
     """The table from `component_graphs`' stages and the timings of its parts."""
     before = times["patch_embed"]
     for s, stage in enumerate(stages):
@@ -327,6 +346,7 @@ def assemble(name, config, stages, times, target="host", device="", num_threads=
         "format": TABLE_FORMAT,
         "model": name,
         "model_config": config,
+        "tflite_format": fmt,
         "target": target,
         "device": device,
         "backend": "cpu",
@@ -341,18 +361,21 @@ def assemble(name, config, stages, times, target="host", device="", num_threads=
 
 
 def measure_table(name, target="host", num_threads=1, tokens="auto", runs=50, warmup=10,
-                  rounds=3, binary=None, adb=None, **config):
-    """The latency table of registered model `name` with create_model overrides `config`."""
+                  rounds=3, binary=None, adb=None, fmt="fp32", **config):
+    """The latency table of registered model `name` with create_model overrides `config`,
+    its parts converted to export format `fmt`."""
     from spvit_tf.registry import create_model
 
     if config.get("pruning"):
         raise SpvitError("a latency table times the dense model's parts; drop the pruning options")
     if target != "host" and not target.startswith("adb"):
         raise SpvitError(f"--target must be host or adb[:serial], got {target!r}")
+    if fmt not in FORMATS:
+        raise SpvitError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     config = {k: v for k, v in config.items() if v is not None}
     graphs, stages = component_graphs(trained_like(create_model(name, **config)), tokens)
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_graphs(graphs, folder)
+        paths = write_graphs(graphs, folder, fmt)
         logging.info("timing %d graphs on %s", len(paths), target)
         if target == "host":
             times, device = time_host(paths, num_threads, runs, warmup, rounds)
@@ -360,7 +383,7 @@ def measure_table(name, target="host", num_threads=1, tokens="auto", runs=50, wa
             times, device, serial = time_adb(paths, target.partition(":")[2] or None,
                                              num_threads, runs, warmup, binary, adb)
             target, rounds = f"adb:{serial}", 1
-    return assemble(name, config, stages, times, target, device, num_threads, runs, rounds)
+    return assemble(name, config, stages, times, target, device, num_threads, runs, rounds, fmt)
 
 
 # ---- CLI ----
@@ -383,6 +406,8 @@ def _define_flags():
     )
     flags.DEFINE_integer("rounds", 3, "host: interleaved timing rounds; the table keeps the "
                          "median.", lower_bound=1)
+    flags.DEFINE_enum("format", "fp32", FORMATS, "Export format the parts are timed in: the "
+                      "one the pruned model will ship in.")
     flags.DEFINE_string("benchmark_binary", None, "adb: benchmark_model for the phone.")
     flags.DEFINE_string("adb", None, "adb: the adb executable.")
 
@@ -402,12 +427,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     table = measure_table(
         FLAGS.model, FLAGS.target, FLAGS.num_threads, FLAGS.tokens, FLAGS.runs, FLAGS.warmup,
-        FLAGS.rounds, FLAGS.benchmark_binary, FLAGS.adb, image_size=FLAGS.image_size,
+        FLAGS.rounds, FLAGS.benchmark_binary, FLAGS.adb, FLAGS.format, image_size=FLAGS.image_size,
         num_classes=FLAGS.num_classes,
     )
     atomic_write(FLAGS.output, json.dumps(table, indent=2) + "\n")
     stage = table["stages"][0]
-    print(f"{table['model']} on {table['device']}, {table['num_threads']} thread(s): one block "
+    print(f"{table['model']} {table['tflite_format']} on {table['device']}, "
+          f"{table['num_threads']} thread(s): one block "
           f"{stage['block_ms'][0]:.3f}-{stage['block_ms'][-1]:.3f} ms over {stage['tokens'][0]}-"
           f"{stage['tokens'][-1]} tokens; wrote {os.path.abspath(FLAGS.output)}")
 

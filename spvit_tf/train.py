@@ -183,7 +183,10 @@ def budget_ratios(mode, locations, overrides):
         method=mode,
         overrides=overrides,
     )
-    unit = "GFLOPs" if cost == "gflops" else "ms"
+    unit = "GFLOPs"
+    if cost == "latency":
+        table = budget.load_latency_table(FLAGS.latency_table, model=FLAGS.model)
+        unit = f"ms {table.get('tflite_format', 'fp32')} on {table['target']}"
     print(f"schedule for the budget: keep_ratios={','.join(map(str, ratios))} "
           f"(predicted {predicted:.3f} {unit} <= budget; dense {dense:.3f} {unit})")
     return ratios

@@ -10,7 +10,7 @@ import pytest
 
 import spvit_tf
 from conftest import REPO
-from spvit_tf import budget, flops, latency_table
+from spvit_tf import budget, export, flops, latency_table
 from spvit_tf.errors import SpvitError
 
 MODEL = "deit_tiny_patch16_224"
@@ -24,21 +24,35 @@ def full_graph(**overrides):
     return keras.Model(images, model(images))
 
 
-def test_table_predicts_a_pruned_deit_tiny_within_10_percent(tmp_path):
+@pytest.mark.parametrize("fmt", ["fp32", "int8"])
+def test_table_predicts_a_pruned_deit_tiny_within_10_percent(tmp_path, fmt):
     model = latency_table.trained_like(spvit_tf.create_model(MODEL, **CONFIG))
     graphs, stages = latency_table.component_graphs(model)
     graphs["full_dense"], graphs["full_pruned"] = full_graph(), full_graph(pruning=PRUNING)
-    paths = latency_table.write_graphs(graphs, tmp_path)
+    paths = latency_table.write_graphs(graphs, tmp_path, fmt)
     # The full models are timed in the same interleaved rounds as the parts, so a burst of
     # load on a shared machine shifts both sides alike.
     times, device = latency_table.time_host(paths, num_threads=1, runs=100, warmup=10, rounds=5)
-    table = latency_table.assemble(MODEL, CONFIG, stages, times, "host", device, 1, 100, 5)
-    budget.validate_latency_table(table)
+    table = latency_table.assemble(MODEL, CONFIG, stages, times, "host", device, 1, 100, 5, fmt)
+    assert budget.validate_latency_table(table)["tflite_format"] == fmt
     assert table["stages"][0]["tokens"][0] == 2 and 50 in table["stages"][0]["tokens"]
     for name, pruning in (("full_dense", None), ("full_pruned", PRUNING)):
         predicted = budget.architecture_latency_ms(
             table, flops.architecture(MODEL, **CONFIG, pruning=pruning))
         assert abs(predicted / times[name] - 1) <= 0.10, (name, predicted, times[name], table)
+
+
+def test_int8_parts_are_the_phone_int8_graphs(tmp_path):
+    model = spvit_tf.create_model(MODEL, image_size=32, num_classes=10)
+    block = latency_table.block_graph(model.blocks[0], 5)
+    prune = latency_table.prune_graph(192, 3, 4, 1, (2, 2), False)  # two inputs: tokens, scores
+    paths = latency_table.write_graphs({"block": block, "prune": prune}, tmp_path, "int8")
+    graph = export.Graph.read(paths[0].read_bytes())
+    weights = [graph.tensors[op["inputs"][1]]["dtype"] for op in graph.ops
+               if op["type"] == "FULLY_CONNECTED"]
+    assert len(weights) == 4 and set(weights) == {"int8"}, weights  # qkv, proj, two MLP layers
+    assert [graph.tensors[t]["dtype"] for t in graph.inputs + graph.outputs] == ["float32"] * 2
+    assert export.Graph.read(paths[1].read_bytes()).op_counts()["TOPK_V2"] == 1
 
 
 def run_cli(*flags):
@@ -51,9 +65,12 @@ def run_cli(*flags):
 def test_cli_writes_a_table_the_budget_reads(tmp_path):
     output = tmp_path / "table.json"
     result = run_cli(f"--model={MODEL}", "--image_size=32", "--num_classes=10", "--tokens=2,5",
-                     "--num_threads=1", "--runs=5", "--warmup=1", "--rounds=1", f"--output={output}")
+                     "--num_threads=1", "--runs=5", "--warmup=1", "--rounds=1", "--format=int8",
+                     f"--output={output}")
     assert result.returncode == 0, result.stderr
+    assert " int8 on " in result.stdout
     table = budget.load_latency_table(output, model=MODEL)
+    assert table["tflite_format"] == "int8"
     assert table["model_config"] == {"image_size": 32, "num_classes": 10}
     assert table["target"] == "host" and table["backend"] == "cpu" and table["num_threads"] == 1
     (stage,) = table["stages"]
@@ -79,6 +96,7 @@ def test_cli_rejects_bad_input_in_one_line(tmp_path):
         ((f"--model={MODEL}", f"--output={tmp_path}/t.json", "--tokens=a,b"), "--tokens"),
         ((f"--model={MODEL}", f"--output={tmp_path}/t.json", "--num_threads=0"), "num_threads"),
         ((f"--model={MODEL}", f"--output={tmp_path}/t.json", "--target=phone"), "--target"),
+        ((f"--model={MODEL}", f"--output={tmp_path}/t.json", "--format=fpga_int8"), "format"),
     ]:
         result = run_cli(*flags)
         assert result.returncode == 2 and result.stderr.startswith("error:"), result.stderr

@@ -435,6 +435,12 @@ def test_keep_ratios_aligned_to_the_latency_steps_of_a_table(tmp_path):
     assert "aligned to latency steps: keep_ratios=0.375 ((6,) tokens" in result.stdout
     assert json.loads(result.stdout.splitlines()[-1])["keep_ratios"] == [0.375]
 
+    path.write_text(json.dumps({**table, "tflite_format": "int8"}))  # dense: 1.211 ms
+    argv = [*TINY, "--mode=spvit", "--pruning_locations=1", "--budget_ms=1.1",
+            f"--latency_table={path}", "--workdir=unused"]
+    result = run(["-c", RESOLVE_PRUNING, json.dumps(argv), json.dumps(options)], module=None)
+    assert "<= budget; dense 1.211 ms int8 on host)" in result.stdout, result.stdout
+
 
 def test_search_writes_a_schedule_that_parses_and_meets_the_budget(tmp_path):
     from spvit_tf.flops import model_cost
