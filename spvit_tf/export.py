@@ -219,7 +219,8 @@ def convert(keras_model, fmt="fp32", calibration=None, io_type=None):
     """TFLite bytes of `keras_model` in `fmt` (not int16x8), builtin ops only.
 
     `calibration`: float inputs of the quantized formats (an array, or a dict of them by
-    Keras input name for several inputs); `io_type`: their integer I/O type (tf.uint8 / tf.int8), None for float I/O.
+    Keras input name for several inputs); `io_type`: their integer I/O type (tf.uint8 /
+    tf.int8), None for float I/O.
     """
     import tensorflow as tf
     from tensorflow.lite.python.convert_phase import ConverterError

@@ -308,8 +308,8 @@ def _medians(rows):
 
 def calibration_inputs(graph, count=4, seed=0):
     """Random float inputs for quantizing a timed part: normal tokens and images, keep
-    scores in (0, 1) (the package token takes their logarithm). Latency does not depend on
-    the quantization ranges of the phone formats, whose int8 ops are the weighted ones."""
+    scores in (0, 1) (the package token takes their logarithm). Only the ranges come from
+    them, and the phone int8's kernels are the same whatever the ranges."""
     rng = np.random.default_rng(seed)
     shapes = {tensor.name: (count, *tensor.shape[1:]) for tensor in graph.inputs}
     return {name: rng.uniform(0.01, 1.0, shape) if len(shape) == 2 else rng.normal(size=shape)
@@ -427,8 +427,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     table = measure_table(
         FLAGS.model, FLAGS.target, FLAGS.num_threads, FLAGS.tokens, FLAGS.runs, FLAGS.warmup,
-        FLAGS.rounds, FLAGS.benchmark_binary, FLAGS.adb, FLAGS.format, image_size=FLAGS.image_size,
-        num_classes=FLAGS.num_classes,
+        FLAGS.rounds, FLAGS.benchmark_binary, FLAGS.adb, FLAGS.format,
+        image_size=FLAGS.image_size, num_classes=FLAGS.num_classes,
     )
     atomic_write(FLAGS.output, json.dumps(table, indent=2) + "\n")
     stage = table["stages"][0]
