@@ -229,6 +229,7 @@ def load_latency_table(path, model=None):
             f"latency table {path} is not valid JSON (line {error.lineno}: {error.msg})"
         ) from None
     validate_latency_table(table, f"latency table {path}")
+    table.setdefault("tflite_format", "fp32")
     if model is not None and table["model"] != model:
         raise SpvitError(
             f"latency table {path} was measured for {table['model']}, not {model}: measure "

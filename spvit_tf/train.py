@@ -173,20 +173,19 @@ def budget_ratios(mode, locations, overrides):
     """Keep ratios of the mildest schedule meeting --budget_gflops or --budget_ms."""
     from spvit_tf import budget
 
-    cost = "gflops" if FLAGS.budget_gflops is not None else "latency"
+    cost, table, unit = "gflops", None, "GFLOPs"
+    if FLAGS.budget_gflops is None:
+        cost, table = "latency", budget.load_latency_table(FLAGS.latency_table, model=FLAGS.model)
+        unit = f"ms {table['tflite_format']} on {table['target']}"
     ratios, predicted, dense = budget.schedule_for_budget(
         FLAGS.model,
         budget=FLAGS.budget_gflops if cost == "gflops" else FLAGS.budget_ms,
         cost=cost,
-        latency_table=FLAGS.latency_table,
+        latency_table=table,
         locations=tuple(int(v) for v in locations),
         method=mode,
         overrides=overrides,
     )
-    unit = "GFLOPs"
-    if cost == "latency":
-        table = budget.load_latency_table(FLAGS.latency_table, model=FLAGS.model)
-        unit = f"ms {table.get('tflite_format', 'fp32')} on {table['target']}"
     print(f"schedule for the budget: keep_ratios={','.join(map(str, ratios))} "
           f"(predicted {predicted:.3f} {unit} <= budget; dense {dense:.3f} {unit})")
     return ratios

@@ -199,6 +199,7 @@ def test_predict_latency_is_fixed_plus_blocks_plus_locations():
 def test_latency_table_round_trip_prices_a_schedule(tmp_path):
     path = write(tmp_path, synthetic_table())
     table = budget.load_latency_table(path, model=DEIT)
+    assert table["tflite_format"] == "fp32"  # a table without the key was timed in fp32
     spvit = budget.latency_cost(table, DEIT, dict(TINY, pruning=dict(locations=(2,))))
     fixed, location = sum(FIXED.values()), linear(SELECTOR, [64])[0] + linear(PRUNE, [64])[0]
     assert spvit(None) == pytest.approx(fixed + sum(linear(BLOCK, [65] * 4)))
