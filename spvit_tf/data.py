@@ -7,10 +7,17 @@ Sources:
   tfds:<name>       a TensorFlow Datasets builder, e.g. tfds:imagenet2012 (`name/config` works)
 
 Every source is first reduced to (encoded image bytes, int32 label) records, so decoding,
-geometry, augmentation and normalisation are shared by all sources. Training augmentation is
-DeiT's recipe from kept libraries: random resized crop (`tf.image.sample_distorted_bounding_box`)
-and flip per image, then Keras' RandAugment, MixUp and CutMix layers per batch. Labels follow the ImageFolder convention: class folder names
-sorted, numbered 0..K-1, and every split must have the same classes.
+geometry, augmentation and normalisation are shared by all sources. Training augmentation comes
+from kept libraries in two recipes:
+  resized  DeiT's ImageNet recipe: random resized crop (`tf.image.sample_distorted_bounding_box`)
+           and flip per image, then Keras' RandAugment, MixUp and CutMix per batch.
+  pad      the small-image recipe: reflect-pad and random-crop back (a translation of up to
+           `crop_padding` pixels) and flip per image, then Keras layers whose parameters are drawn
+           per image (rotation, colour jitter, random erasing), each op computed once per batch.
+Keras' RandAugment draws one op for the whole batch and computes all of its ops to select one,
+so it is slow and coarse on 32x32 images; the pad recipe avoids it. Labels follow the
+ImageFolder convention: class folder names sorted, numbered 0..K-1, and every split must have
+the same classes.
 """
 
 import dataclasses
@@ -174,27 +181,58 @@ def load_split(source, split):
                      "or an archive holding that layout under one top-level folder")
 
 
+CROP_MODES = ("resized", "pad")
+
+
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Training augmentation (DeiT's recipe; zero/None switches a part off).
+    """Training augmentation (zero/None switches a part off).
 
-    `min_crop_scale`: smallest area fraction of the random resized crop (DeiT: 0.08; small
-    images want more, e.g. 0.35 for 32x32 CIFAR). `randaugment_ops`/`randaugment_factor`:
-    Keras RandAugment. `mixup_alpha`/`cutmix_alpha`: one of the two is applied to each batch
-    (with equal chance when both are set); labels then become soft (B, classes) targets.
+    `crop`: 'resized' (DeiT's random resized crop; `min_crop_scale` is its smallest area
+    fraction, DeiT 0.08) or 'pad' (reflect-pad by `crop_padding` pixels and crop back: the
+    CIFAR recipe). `randaugment_ops`/`randaugment_factor`: Keras RandAugment (one op drawn per
+    batch). `rotation_degrees`, `color_jitter` (brightness/contrast/saturation factor) and
+    `erasing` (probability of erasing one rectangle, its sides 14-45% of the image's, with noise): Keras layers drawing
+    their parameters per image. `mixup_alpha`/`cutmix_alpha`: one of the two is applied to each
+    batch (with equal chance when both are set); labels then become soft (B, classes) targets.
     """
 
+    crop: str = "resized"
     min_crop_scale: float = 0.08
+    crop_padding: int = 4
     flip: bool = True
     randaugment_ops: int = 2
     randaugment_factor: float = 0.5
+    rotation_degrees: float = 0.0
+    color_jitter: float = 0.0
+    erasing: float = 0.0
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
     seed: int = 0
 
+    def __post_init__(self):
+        if self.crop not in CROP_MODES:
+            raise SpvitError(f"unknown crop mode {self.crop!r}; expected one of {', '.join(CROP_MODES)}")
+        if self.crop_padding < 0 or not 0.0 < self.min_crop_scale <= 1.0:
+            raise SpvitError("crop_padding must be >= 0 and min_crop_scale in (0, 1]")
+        if not 0.0 <= self.erasing <= 1.0 or self.color_jitter < 0 or self.rotation_degrees < 0:
+            raise SpvitError("erasing must be a probability in [0, 1]; color_jitter and "
+                             "rotation_degrees must be >= 0")
+
     @property
     def soft_labels(self):
         return bool(self.mixup_alpha or self.cutmix_alpha)
+
+
+def pad_and_crop(image, image_size, padding):
+    """The CIFAR crop: the image at image_size, reflect-padded by `padding` pixels on every side,
+    then a random image_size square of it (a random translation of up to `padding` pixels)."""
+    image = tf.image.resize(image, (image_size, image_size), method="bicubic", antialias=True)
+    if padding:
+        image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], mode="REFLECT")
+        image = tf.image.random_crop(image, (image_size, image_size, 3))
+    image.set_shape([image_size, image_size, 3])
+    return tf.clip_by_value(image, 0.0, 255.0)
 
 
 def random_resized_crop(image, image_size, min_scale):
@@ -211,18 +249,31 @@ def random_resized_crop(image, image_size, min_scale):
 
 
 def _batch_augmenter(augment, num_classes):
-    """A function on (images 0-255, int labels) batches applying RandAugment and MixUp/CutMix.
+    """A function on (images 0-255, int labels) batches applying the per-batch layers
+    (RandAugment, rotation, colour jitter, erasing) and MixUp/CutMix.
 
     The Keras layers are built once here: they own random-seed state that tf.data's traced
     functions cannot create.
     """
     import keras
 
-    randaugment = (
-        keras.layers.RandAugment(value_range=(0, 255), num_ops=augment.randaugment_ops,
-                                 factor=augment.randaugment_factor, seed=augment.seed)
-        if augment.randaugment_ops else None
-    )
+    layers = []
+    if augment.randaugment_ops:
+        layers.append(keras.layers.RandAugment(
+            value_range=(0, 255), num_ops=augment.randaugment_ops,
+            factor=augment.randaugment_factor, seed=augment.seed))
+    if augment.rotation_degrees:
+        layers.append(keras.layers.RandomRotation(
+            augment.rotation_degrees / 360.0, fill_mode="reflect", seed=augment.seed))
+    if augment.color_jitter:
+        j = augment.color_jitter
+        layers.append(keras.layers.RandomColorJitter(
+            value_range=(0, 255), brightness_factor=j, contrast_factor=j, saturation_factor=j,
+            seed=augment.seed))
+    if augment.erasing:
+        layers.append(keras.layers.RandomErasing(
+            factor=(augment.erasing, augment.erasing), scale=(0.02, 0.2), value_range=(0, 255),
+            seed=augment.seed))
     mixers = []
     if augment.mixup_alpha:
         mixers.append(keras.layers.MixUp(alpha=augment.mixup_alpha, seed=augment.seed))
@@ -230,8 +281,8 @@ def _batch_augmenter(augment, num_classes):
         mixers.append(keras.layers.CutMix(factor=augment.cutmix_alpha, seed=augment.seed))
 
     def apply(images, labels):
-        if randaugment is not None:
-            images = randaugment(images, training=True)
+        for layer in layers:
+            images = layer(images, training=True)
         if not mixers:
             return images, labels
         batch = {"images": images, "labels": tf.one_hot(labels, num_classes)}
@@ -269,7 +320,11 @@ def to_dataset(split_data, *, image_size, batch_size, training, shuffle_seed=0,
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
         if augment is None:
             return resize_center_crop(image, image_size, crop_ratio), label
-        image = random_resized_crop(tf.cast(image, tf.float32), image_size, augment.min_crop_scale)
+        image = tf.cast(image, tf.float32)
+        if augment.crop == "pad":
+            image = pad_and_crop(image, image_size, augment.crop_padding)
+        else:
+            image = random_resized_crop(image, image_size, augment.min_crop_scale)
         if augment.flip:
             image = tf.image.random_flip_left_right(image)
         return image, label

@@ -89,21 +89,37 @@ def token_distillation_loss(student_tokens, teacher_tokens, token_mask=None):
     return ops.sum(per_token * mask, axis=-1) / ops.maximum(ops.sum(mask, axis=-1), 1.0)
 
 
-def keep_ratio_loss(decisions, target_ratios):
+RATIO_LOSSES = ("batch", "image")
+
+
+def keep_ratio_loss(decisions, target_ratios, per="batch"):
     """Keep-ratio regulariser per example (B,): Σ_locations (mean decision − target)².
 
     `decisions` is one (B, n) tensor of hard 0/1 keep decisions per pruning location
     (cumulative: tokens dropped earlier stay 0), `target_ratios` the cumulative keep ratio
     each location should reach. The straight-through decisions carry the gradient back to
     the selectors; this is what pushes each one towards its ratio.
+
+    `per="batch"` (SPViT's official loss) takes the mean over the whole batch, so an image
+    with more to see may keep more tokens than one with less, as long as the batch meets the
+    schedule; every example carries the same value. `per="image"` (DynamicViT's) makes every
+    image meet the ratio on its own, which leaves the selector no room to prefer one image's
+    tokens over another's. Under tf.distribute "the batch" is each replica's slice, as it is
+    per GPU in the official code.
     """
+    if per not in RATIO_LOSSES:
+        raise SpvitError(f"unknown keep-ratio loss {per!r}; choose one of {RATIO_LOSSES}")
     decisions, targets = list(decisions), [float(r) for r in target_ratios]
     if not decisions or len(decisions) != len(targets):
         raise SpvitError(
             f"{len(decisions)} decision tensors but {len(targets)} target ratios: give one "
             "target keep ratio per pruning location"
         )
-    terms = [ops.square(ops.mean(_f32(d), axis=-1) - r) for d, r in zip(decisions, targets)]
+    if per == "image":
+        terms = [ops.square(ops.mean(_f32(d), axis=-1) - r) for d, r in zip(decisions, targets)]
+    else:
+        terms = [ops.square(ops.mean(_f32(d)) - r) * ops.ones_like(_f32(d[:, 0]))
+                 for d, r in zip(decisions, targets)]
     return sum(terms[1:], terms[0])
 
 
@@ -117,6 +133,7 @@ def spvit_loss(
     token_weight=0.5,
     ratio_weight=2.0,
     label_smoothing=0.1,
+    ratio_loss="batch",
 ):
     """All terms of the objective, per example (B,): `{"ce", "kl", "token", "ratio", "total"}`.
 
@@ -133,7 +150,8 @@ def spvit_loss(
     `distill_weight` 0.5 (its `DistillDiffPruningLoss_dynamic(distill_weight=0.5)`), which
     weights both the logit KL and the token MSE (`mse_token=True` for DeiT) — split into
     two knobs here with the same default; `label_smoothing` 0.1 (its `--smoothing` default);
-    classification weight 1.0 (`clf_weight=1.0`).
+    classification weight 1.0 (`clf_weight=1.0`). `ratio_loss` is `keep_ratio_loss`'s `per`:
+    SPViT's batch mean by default.
     """
     ce = classification_loss(labels, output.logits, label_smoothing)
     zero = ops.zeros_like(ce)
@@ -150,7 +168,7 @@ def spvit_loss(
                 "the keep-ratio term needs the keep decisions of a masked forward pass "
                 "(model.forward(images, training=True)); this output has none"
             )
-        ratio = keep_ratio_loss(decisions, target_ratios)
+        ratio = keep_ratio_loss(decisions, target_ratios, ratio_loss)
         scaled_ratio = ratio / len(decisions)
     total = ce + distill_weight * kl + token_weight * token + ratio_weight * scaled_ratio
     return {"ce": ce, "kl": kl, "token": token, "ratio": ratio, "total": total}

@@ -120,17 +120,30 @@ def test_token_distillation_rejects_gathered_tokens():
 def test_keep_ratio_loss_sums_squared_ratio_errors_over_locations():
     d1 = np.array([[1, 1, 1, 0], [1, 0, 0, 0]], np.float32)  # ratios 0.75, 0.25
     d2 = np.array([[1, 0, 0, 0], [0, 0, 0, 0]], np.float32)  # ratios 0.25, 0.0
-    got = losses.keep_ratio_loss([d1, d2], (0.5, 0.25))
+    got = losses.keep_ratio_loss([d1, d2], (0.5, 0.25), per="image")
     want = [(0.75 - 0.5) ** 2 + 0.0, (0.25 - 0.5) ** 2 + 0.25**2]
     np.testing.assert_allclose(got, want, rtol=1e-6)
+    # The batch mean (SPViT's): batch ratios 0.5 and 0.125, the same value for every example.
+    batch = losses.keep_ratio_loss([d1, d2], (0.5, 0.25))
+    np.testing.assert_allclose(batch, [0.0 + 0.125**2] * 2, rtol=1e-6)
     with pytest.raises(SpvitError, match="one target keep ratio per pruning location"):
         losses.keep_ratio_loss([d1, d2], (0.5,))
+    with pytest.raises(SpvitError, match="unknown keep-ratio loss"):
+        losses.keep_ratio_loss([d1, d2], (0.5, 0.25), per="token")
+
+
+def test_batch_ratio_loss_lets_images_keep_different_shares():
+    """Two images keeping 1/4 and 3/4 meet a 1/2 schedule together under the batch loss, but
+    not each on its own."""
+    d = np.array([[1, 0, 0, 0], [1, 1, 1, 0]], np.float32)
+    np.testing.assert_allclose(losses.keep_ratio_loss([d], (0.5,)), [0.0, 0.0])
+    np.testing.assert_allclose(losses.keep_ratio_loss([d], (0.5,), per="image"), [0.0625] * 2)
 
 
 def test_ratio_loss_gradient_flows_to_decisions():
     decision = tf.Variable(np.array([[1, 1, 1, 0]], np.float32))
     with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(losses.keep_ratio_loss([decision], (0.5,)))
+        loss = tf.reduce_sum(losses.keep_ratio_loss([decision], (0.5,), per="image"))
     grad = tape.gradient(loss, decision).numpy()
     # d/dd_i (mean(d) - r)² = 2 (mean(d) - r) / n = 2 · 0.25 / 4
     np.testing.assert_allclose(grad, np.full((1, 4), 0.125), rtol=1e-6)

@@ -279,3 +279,52 @@ def test_backbone_checkpoint_loads_into_a_pruned_model(caplog):
     dense = spvit_tf.create_model("deit_tiny_patch16_224", checkpoint=checkpoint)
     np.testing.assert_array_equal(np.asarray(model.blocks[7].attn.qkv.kernel),
                                   np.asarray(dense.blocks[7].attn.qkv.kernel))
+
+
+def test_diagnostic_rankings_swap_only_which_tokens_are_kept():
+    import dataclasses
+
+    from spvit_tf.evaluate import ranking_diagnostic
+    from spvit_tf.pruning.selector import class_attention_scores
+
+    model = build("vit", "spvit")
+    x = images(3)
+    own = model.forward(x)
+    kept = lambda out: [np.sort(np.asarray(r["index"]), axis=1) for r in out.records]  # noqa: E731
+    first = lambda out: set(map(tuple, kept(out)[0]))  # noqa: E731
+    scores = np.asarray(own.records[0]["keep_score"])
+    model.pruner.ranking = "inverted"
+    inverted = model.forward(x)
+    np.testing.assert_array_equal(  # the 48 kept by the reversed ranking: the 48 lowest scores
+        kept(inverted)[0], np.sort(np.argsort(scores, axis=1, kind="stable")[:, :48], axis=1))
+    model.pruner.ranking = "centre"
+    static = build("vit", "static")
+    assert first(model.forward(x)) == first(static.forward(x))
+    state = TokenState.start(model.embed(x), 1, 64, masked=False)
+    state = dataclasses.replace(state, x=model.blocks[0](state.x))
+    attention = np.asarray(class_attention_scores(model.blocks[1], state.x, 1, 64))
+    model.pruner.ranking = "evit"
+    np.testing.assert_array_equal(
+        kept(model.forward(x))[0], np.sort(np.argsort(-attention, axis=1)[:, :48], axis=1))
+    model.pruner.ranking = "random"
+    assert first(model.forward(x)) != first(own)
+    model.pruner.ranking = "own"
+    # The sort-with-the-scores path (any ranking) gives the default graph for the own scores.
+    _, s = model.pruner.scores(0, state, model.blocks[1], "gather")
+    default, _ = model.pruner._gather(state, s, 48)
+    swapped, _ = model.pruner._gather(state, s, 48, ranking=s)
+    np.testing.assert_allclose(swapped.x, default.x, atol=1e-6)
+    with pytest.raises(spvit_tf.SpvitError, match="diagnostic of the gathered"):
+        model.pruner.ranking = "random"
+        model.forward(x, mode="mask")
+    model.pruner.ranking = "own"
+    dataset = tf.data.Dataset.from_tensor_slices((x, np.array([1, 2, 3]))).batch(2)
+    report = ranking_diagnostic(model, dataset, ["own", "random", "inverted", "centre", "evit"])
+    assert set(report["rankings"]) == {"own", "random", "inverted", "centre", "evit"}
+    assert model.pruner.ranking == "own"
+    spread = report["keep_score_spread"]
+    assert [row["location"] for row in spread] == [1, 2, 3]
+    assert spread[0]["within_image_std"] == pytest.approx(scores.std(axis=1).mean(), rel=1e-5)
+    assert "across_images_std" in spread[0] and "across_images_std" not in spread[1]
+    with pytest.raises(spvit_tf.SpvitError, match="unknown ranking"):
+        ranking_diagnostic(model, dataset, ["best"])

@@ -28,6 +28,9 @@ from spvit_tf.pruning.selector import (
 )
 
 MODES = ("gumbel", "mask", "gather")
+# Diagnostic rankings (`TokenPruner.ranking`): which tokens a gathered forward keeps, with the
+# model's own scores still weighting its package tokens.
+RANKINGS = ("own", "random", "inverted", "centre", "evit")
 # Keeps log(weight) finite for tokens with no weight (not dropped at this location).
 _PACKAGE_EPS = 1e-12
 
@@ -245,6 +248,7 @@ class TokenPruner(keras.layers.Layer):
             else []
         )
         self.seed = keras.random.SeedGenerator(0)
+        self.ranking = "own"
 
     @classmethod
     def for_stages(cls, pruning, stages, name="pruner"):
@@ -303,12 +307,34 @@ class TokenPruner(keras.layers.Layer):
         priority = centre_priority(self.grid_sizes[j])
         return None, ops.take(priority, state.index)
 
+    def diagnostic_ranking(self, j, state, block, scores):
+        """The scores `self.ranking` keeps tokens by at location `j`, or None for the own.
+
+        A diagnostic of whether a method's ranking is worth anything: the same model, weights
+        and package tokens, with only the choice of kept tokens swapped for a random one, the
+        own one reversed, the static centre or EViT's class attention. Gather mode only.
+        """
+        if self.ranking == "own":
+            return None
+        if self.ranking == "random":
+            return keras.random.uniform(ops.shape(scores), seed=self.seed)
+        if self.ranking == "inverted":
+            return -scores
+        if self.ranking == "centre":
+            return ops.take(centre_priority(self.grid_sizes[j]), state.index)
+        if self.ranking == "evit":
+            return class_attention_scores(block, state.x, state.num_prefix, state.num_patches)
+        raise SpvitError(f"unknown ranking {self.ranking!r}; choose one of {RANKINGS}")
+
     def step(self, j, state, block, mode, training=None):
         """Prunes `state` before the block of location `j` -> (new state, record for the loss)."""
         log_probs, scores = self.scores(j, state, block, mode)
         k, patches = self.counts[j], state.patches
         if mode == "gather":
-            return self._gather(state, scores, k)
+            return self._gather(state, scores, k, self.diagnostic_ranking(j, state, block, scores))
+        if self.ranking != "own":
+            raise SpvitError(f"ranking {self.ranking!r} is a diagnostic of the gathered "
+                             f"forward pass, not of mode {mode!r}")
         if mode == "gumbel" and self.config.learned:
             decision = gumbel_keep(log_probs, self.config.gumbel_tau, self.seed) * state.keep
         else:
@@ -319,10 +345,20 @@ class TokenPruner(keras.layers.Layer):
         record = {"decision": decision, "keep_score": scores}
         return dataclasses.replace(state, x=x, keep=decision), record
 
-    def _gather(self, state, scores, k):
-        """Keeps exactly the k best tokens (static shapes) plus this location's package."""
+    def _gather(self, state, scores, k, ranking=None):
+        """Keeps exactly the k best tokens (static shapes) plus this location's package.
+
+        `ranking` (B, n), when given, decides which tokens are best instead of `scores`; the
+        package still weights the dropped tokens by `scores` (they ride along the sort as an
+        extra channel)."""
         P, n = state.num_prefix, state.num_patches
-        tokens, index, ranked = sort_tokens(state.patches, state.index, scores, self.config.selection)
+        if ranking is None:
+            tokens, index, ranked = sort_tokens(state.patches, state.index, scores,
+                                                self.config.selection)
+        else:
+            rows = ops.concatenate([state.patches, ops.cast(scores, state.x.dtype)[..., None]], -1)
+            rows, index, _ = sort_tokens(rows, state.index, ranking, self.config.selection)
+            tokens, ranked = rows[..., :-1], rows[..., -1]
         parts = [state.x[:, :P], tokens[:, :k], state.x[:, P + n :]]
         if self.config.has_package:  # the dropped tail's scores, sliced in 3-D for the GPU
             dropped = ops.reshape(ops.reshape(ranked, (-1, n, 1))[:, k:], (-1, n - k))

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The CIFAR-10 teacher's long run, across sessions (configs/cifar10_teacher.cfg: many hours on
+# 2 CPU cores). Run from anywhere; the workdir lives outside the work tree.
+#   bash results/cifar10/teacher.sh start     # in the background (nohup); resumes from the last
+#                                             # checkpoint, or seeds a new workdir from the
+#                                             # committed snapshot, so a new machine loses nothing
+#   bash results/cifar10/teacher.sh status    # step, epoch, last eval, throughput
+#   bash results/cifar10/teacher.sh stop      # SIGTERM: the trainer saves a checkpoint and exits,
+#                                             # then the snapshot is refreshed
+#   bash results/cifar10/teacher.sh snapshot  # the latest checkpoint -> results/cifar10/teacher_snapshot
+#                                             # (replacing the previous one; commit it)
+#   bash results/cifar10/teacher.sh finish    # a finished run's logs and weights -> results/cifar10/teacher
+# TEACHER_WORKDIR overrides the workdir (default /work/runs/cifar10_teacher).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+WORKDIR=${TEACHER_WORKDIR:-/work/runs/cifar10_teacher}
+SNAPSHOT=results/cifar10/teacher_snapshot
+FINAL=results/cifar10/teacher
+CMD=(python -m spvit_tf.train --flagfile=configs/cifar10_teacher.cfg --workdir="$WORKDIR")
+
+running() { [[ -f $WORKDIR/train.pid ]] && kill -0 "$(cat "$WORKDIR/train.pid")" 2>/dev/null; }
+
+seed_from_snapshot() {  # a workdir without checkpoints starts from the committed snapshot
+  [[ -d $WORKDIR/checkpoints && -n $(ls -A "$WORKDIR/checkpoints") ]] && return
+  [[ -f $SNAPSHOT/checkpoint ]] || return 0
+  mkdir -p "$WORKDIR/checkpoints"
+  cp "$SNAPSHOT"/ckpt-* "$SNAPSHOT/checkpoint" "$WORKDIR/checkpoints/"
+  cp "$SNAPSHOT/run.json" "$SNAPSHOT/flags.txt" "$SNAPSHOT/metrics.jsonl" "$WORKDIR/"
+  echo "seeded $WORKDIR from $SNAPSHOT ($(sed -n 1p "$SNAPSHOT/checkpoint"))"
+}
+
+snapshot() {  # only the latest checkpoint, with the index rewritten to name it alone
+  local latest
+  latest=$(sed -n 's/^model_checkpoint_path: "\(.*\)"$/\1/p' "$WORKDIR/checkpoints/checkpoint")
+  local tmp=$SNAPSHOT.tmp
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  cp "$WORKDIR/checkpoints/$latest".* "$tmp/"
+  printf 'model_checkpoint_path: "%s"\nall_model_checkpoint_paths: "%s"\n' "$latest" "$latest" \
+    > "$tmp/checkpoint"
+  cp "$WORKDIR/run.json" "$WORKDIR/flags.txt" "$WORKDIR/metrics.jsonl" "$tmp/"
+  rm -rf "$SNAPSHOT"; mv "$tmp" "$SNAPSHOT"
+  echo "snapshot: $SNAPSHOT <- $latest"
+}
+
+case ${1:-} in
+  start)
+    if running; then echo "already running (pid $(cat "$WORKDIR/train.pid"))"; exit 0; fi
+    mkdir -p "$WORKDIR"
+    seed_from_snapshot
+    nohup "${CMD[@]}" >> "$WORKDIR/train.log" 2>&1 &
+    echo $! > "$WORKDIR/train.pid"
+    echo "started pid $! ; log $WORKDIR/train.log" ;;
+  status)
+    running && echo "running (pid $(cat "$WORKDIR/train.pid"))" || echo "not running"
+    grep -h '"eval_top1"' "$WORKDIR/metrics.jsonl" | tail -n 3 || true
+    tail -n 1 "$WORKDIR/metrics.jsonl" ;;
+  stop)
+    if running; then
+      kill -TERM "$(cat "$WORKDIR/train.pid")"
+      for _ in $(seq 120); do running || break; sleep 1; done
+      running && { echo "still running after 120 s" >&2; exit 1; }
+    fi
+    snapshot ;;
+  snapshot) snapshot ;;
+  finish)
+    [[ -f $WORKDIR/final/eval.json ]] || { echo "the run has not finished: no $WORKDIR/final/eval.json" >&2; exit 1; }
+    mkdir -p "$FINAL/final"
+    cp "$WORKDIR/run.json" "$WORKDIR/flags.txt" "$WORKDIR/metrics.jsonl" "$FINAL/"
+    cp "$WORKDIR/final/eval.json" "$WORKDIR/final/model.weights.h5" "$FINAL/final/"
+    echo "copied the finished teacher into $FINAL" ;;
+  *) echo "usage: bash results/cifar10/teacher.sh start|status|stop|snapshot|finish" >&2; exit 2 ;;
+esac
