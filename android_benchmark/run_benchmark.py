@@ -7,8 +7,10 @@ Pushes the binary and the models to a scratch folder on the phone, runs every mo
 backend (cpu and xnnpack_off once per thread count, gpu and nnapi once, with the largest
 thread count for the ops they leave to the CPU), and removes the folder again even when a
 run fails. A backend that fails on the phone becomes a "failed" row with the tool's error
-and the remaining runs go on. Results use the schema of `spvit_tf.bench_results`, the same
-as the host benchmark; each run's full output is kept in logs/ (op profiles land there).
+and the remaining runs go on; once the results are written, any failed row makes the exit
+status 1 (unless --allow_failures), so that a script does not read it as measured. Results
+use the schema of `spvit_tf.bench_results`, the same as the host benchmark; each run's full
+output is kept in logs/ (op profiles land there).
 Needs only Python, absl-py and adb: no TensorFlow.
 """
 
@@ -28,6 +30,7 @@ except ImportError:  # running from a checkout where spvit_tf is not installed
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from spvit_tf import bench_results
 from spvit_tf.errors import SpvitError, run_cli
+from spvit_tf.workdir import check_output_dir
 
 REMOTE_DIR = "/data/local/tmp/spvit_bench"
 REMOTE_BINARY = f"{REMOTE_DIR}/benchmark_model"
@@ -67,6 +70,8 @@ flags.DEFINE_bool("op_profiling", False, "Per-op profile into logs/ (slows the t
 flags.DEFINE_bool("memory", False, "Also sample the peak memory footprint (adds a thread).")
 flags.DEFINE_list("flops", [], "Optional name:gflops pairs; default: each model's <model>.json.")
 flags.DEFINE_integer("timeout_s", 600, "Limit for one benchmark_model run, in seconds.")
+flags.DEFINE_bool("allow_failures", False, "Exit 0 even when a run failed (its row still "
+                  "records the error); by default any failed run is exit status 1.")
 
 
 class Adb:
@@ -322,6 +327,7 @@ def main(argv):
         raise SpvitError("--runs must be at least 1 and --warmup_runs at least 0")
     if not FLAGS.output_dir:
         raise SpvitError("pass --output_dir=DIR for results.md/.csv/.json")
+    check_output_dir(FLAGS.output_dir, "--output_dir")  # before anything reaches the phone
     gflops = bench_results.model_gflops(models, FLAGS.flops)
     binary = find_binary(FLAGS.benchmark_binary)
     adb_path = find_adb(FLAGS.adb)
@@ -358,6 +364,11 @@ def main(argv):
     paths = bench_results.write_results(output_dir, rows, comparisons, meta)
     print(bench_results.format_markdown(rows, comparisons), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    failed = bench_results.failure_line(rows, output_dir)
+    if failed and not FLAGS.allow_failures:
+        print(failed, file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

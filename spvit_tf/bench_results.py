@@ -188,6 +188,24 @@ def parse_threads(values):
     return list(dict.fromkeys(threads))
 
 
+def failure_line(rows, output_dir):
+    """The `error:` line both CLIs print (and exit 1 on) when runs failed, else None.
+
+    A failed row stays in the results, where its error is the record of what broke; the
+    exit status is what a script or CI job sees, so a broken, truncated or empty model must
+    not pass as a finished benchmark unless the caller says so (--allow_failures)."""
+    failed = [r for r in rows if r.status != "ok"]
+    if not failed:
+        return None
+    names = ", ".join(f"{r.model} {r.backend} t{r.num_threads}" for r in failed[:5])
+    if len(failed) > 5:
+        names += f" and {len(failed) - 5} more"
+    first = " ".join(failed[0].error.split()) or "no error recorded"
+    return (f"error: {len(failed)} of {len(rows)} runs failed ({names}), e.g. {failed[0].model}: "
+            f"{first}; their rows are in {pathlib.Path(output_dir) / 'results.md'}; pass "
+            "--allow_failures to exit 0 with failed rows")
+
+
 def model_gflops(models, flops_flag=()):
     """{model name: GFLOPs} from --flops=name:gflops entries, else each model's card.
 
@@ -230,7 +248,8 @@ def model_gflops(models, flops_flag=()):
 
 
 def _atomic_write(path, text):
-    """Writes via a temporary file in the same folder so readers never see half a file."""
+    """Writes via a temporary file in the same folder so readers never see half a file; a
+    file-system error is re-raised naming `path` (see `spvit_tf.workdir.atomic_write`)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -240,8 +259,10 @@ def _atomic_write(path, text):
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 
 

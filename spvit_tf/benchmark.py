@@ -12,6 +12,9 @@ Results go to results.md/.csv/.json in the schema of `spvit_tf.bench_results`, s
 the phone runs of android_benchmark/run_benchmark.py. The first model is the dense reference:
 with two models, or with FLOPs known (--flops or a `<model>.json` card with "gflops"), the
 table ends with each later model's latency ratio next to its FLOPs ratio and their quotient.
+A model the runtime cannot run (an empty, truncated or corrupted file) becomes a failed row
+with its error, and the run exits with status 1 once the results are written, unless
+--allow_failures: a script or CI job must not read a broken model as benchmarked.
 """
 
 import concurrent.futures
@@ -28,6 +31,7 @@ from absl import app, flags
 
 from spvit_tf import bench_results
 from spvit_tf.errors import SpvitError, run_cli
+from spvit_tf.workdir import check_output_dir
 
 BACKENDS = ("cpu", "xnnpack_off")
 
@@ -100,7 +104,7 @@ def measure(model_path, num_threads, backend, runs, warmup, seed):
     }
 
 
-def _host_description():
+def host_description():
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
@@ -130,7 +134,7 @@ def combine_rounds(results):
 def run_all(models, threads, backends, runs, warmup, seed, rounds=1):
     """One row per model x backend x thread count, each timed in `rounds` interleaved rounds
     (round r uses input seed `seed + r`); a failing model gives a failed row."""
-    device = _host_description()
+    device = host_description()
     context = multiprocessing.get_context("spawn")
     rows, results = [], []
     for model in models:
@@ -171,6 +175,7 @@ def main(argv):
         raise SpvitError("--runs and --rounds must be at least 1 and --warmup at least 0")
     if not FLAGS.output_dir:
         raise SpvitError("pass --output_dir=DIR for results.md/.csv/.json")
+    check_output_dir(FLAGS.output_dir, "--output_dir")
     gflops = bench_results.model_gflops(models, FLAGS.flops)
 
     rows = run_all(models, threads, FLAGS.backends, FLAGS.runs, FLAGS.warmup, FLAGS.seed,
@@ -192,6 +197,11 @@ def main(argv):
     paths = bench_results.write_results(FLAGS.output_dir, rows, comparisons, meta)
     print(bench_results.format_markdown(rows, comparisons), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    failed = bench_results.failure_line(rows, FLAGS.output_dir)
+    if failed and not FLAGS.allow_failures:
+        print(failed, file=sys.stderr)
+        return 1
+    return 0
 
 
 def _define_flags():
@@ -210,6 +220,8 @@ def _define_flags():
     flags.DEFINE_string("output_dir", None, "Folder for results.md, results.csv and results.json.")
     flags.DEFINE_list("flops", [], "Optional name:gflops pairs; default: each model's <model>.json.")
     flags.DEFINE_integer("seed", 0, "Seed of the random inputs.")
+    flags.DEFINE_bool("allow_failures", False, "Exit 0 even when a run failed (its row still "
+                      "records the error); by default any failed run is exit status 1.")
 
 
 if __name__ == "__main__":

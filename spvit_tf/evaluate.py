@@ -19,25 +19,29 @@ from absl import app, flags
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
 
 
-def accuracy(model, dataset, examples=0, pruning_mode=None):
+def accuracy(model, dataset, examples=0, pruning_mode=None, per_image=False):
     """(top-1, top-5, images seen) of the inference forward pass on (images, int labels);
-    `pruning_mode` (`gather`, `mask`, `gumbel`) overrides a pruned model's default `gather`."""
+    `pruning_mode` (`gather`, `mask`, `gumbel`) overrides a pruned model's default `gather`.
+    `per_image` appends the boolean top-1 correctness of every image seen, in dataset order
+    (for paired comparisons, `spvit_tf.stats`)."""
     import numpy as np
     import tensorflow as tf
 
     predict = tf.function(
         lambda images: model.forward(images, training=False, mode=pruning_mode).logits)
-    correct1 = correct5 = seen = 0
+    correct1, correct5, seen = [], 0, 0
     for images, labels in dataset:
         logits, labels = predict(images).numpy(), labels.numpy()
         top5 = np.argsort(-logits, axis=1)[:, :5]
         take = len(labels) if not examples else min(len(labels), examples - seen)
-        correct1 += int((top5[:take, 0] == labels[:take]).sum())
+        correct1.append(top5[:take, 0] == labels[:take])
         correct5 += int((top5[:take] == labels[:take, None]).any(axis=1).sum())
         seen += take
         if examples and seen >= examples:
             break
-    return correct1 / max(seen, 1), correct5 / max(seen, 1), seen
+    correct1 = np.concatenate(correct1) if correct1 else np.zeros(0, bool)
+    result = (int(correct1.sum()) / max(seen, 1), correct5 / max(seen, 1), seen)
+    return (*result, correct1) if per_image else result
 
 
 def keep_score_spread(model, dataset, examples=0):
@@ -116,8 +120,11 @@ def evaluate_workdir(workdir, data_spec=None, examples=0, batch_size=100, prunin
                               training=False, crop_ratio=run["crop_ratio"],
                               mean=run["mean"], std=run["std"],
                               subset_seed=0 if examples else None)
-    top1, top5, seen = accuracy(model, dataset, examples, pruning_mode)
-    result = {"top1": top1, "top5": top5, "examples": seen, "gflops": model_cost(model).gflops}
+    from spvit_tf.stats import encode_correct
+
+    top1, top5, seen, correct = accuracy(model, dataset, examples, pruning_mode, per_image=True)
+    result = {"top1": top1, "top5": top5, "examples": seen, "gflops": model_cost(model).gflops,
+              "top1_correct": encode_correct(correct)}
     if model.pruner is not None:
         result["pruning_mode"] = pruning_mode or "gather"
         result["keep_ratios"] = list(model.pruner.config.keep_ratios)

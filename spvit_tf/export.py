@@ -45,7 +45,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
-from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write, read_run
+from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write, check_output_dir, read_run
 
 FORMATS = ("fp32", "fp16", "dynamic", "int8", "int16x8", "fpga_int8")
 QUANTIZED = ("int8", "int16x8", "fpga_int8")  # activations quantized: calibrated
@@ -741,6 +741,7 @@ def check_options(options, source):
         raise SpvitError(f"--io={options.io} is not one of {', '.join(IO_TYPES)}")
     if options.eval_examples < 1 or options.calibration_examples < 1:
         raise SpvitError("--eval_examples and --calibration_examples must be at least 1")
+    check_output_dir(options.output_dir, "--output_dir")
     if set(options.formats) & set(QUANTIZED) and not (source.data or options.eval_data):
         raise SpvitError("quantized formats need calibration images: pass --eval_data=SOURCE "
                          "(its training split calibrates) or export from a --workdir")
@@ -924,6 +925,8 @@ def main(argv):
         raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
     if bool(FLAGS.workdir) == bool(FLAGS.model):
         raise SpvitError("pass exactly one of --workdir=DIR and --model=NAME")
+    if FLAGS.output_dir:  # before TensorFlow loads; check_options checks the default one
+        check_output_dir(FLAGS.output_dir, "--output_dir")
     if FLAGS.workdir:
         source = source_from_workdir(FLAGS.workdir, FLAGS.checkpoint)
     else:

@@ -56,7 +56,7 @@ from absl import app, flags, logging
 
 from spvit_tf import bench_results
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
-from spvit_tf.workdir import atomic_write
+from spvit_tf.workdir import atomic_write, check_output_file
 
 TABLE_FORMAT = "spvit_tf.latency_table.v1"
 AUTO_POINTS = 8
@@ -272,12 +272,12 @@ def _time_all(paths, num_threads, runs, warmup, rounds):
 def time_host(paths, num_threads=1, runs=50, warmup=10, rounds=3):
     """{stem: ms}, device: `spvit_tf.benchmark.measure` (LiteRT's default CPU backend,
     XNNPACK) in one fresh process, away from TensorFlow's threads and memory."""
-    from spvit_tf.benchmark import _host_description
+    from spvit_tf.benchmark import host_description
 
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
         times = pool.submit(_time_all, list(paths), num_threads, runs, warmup, rounds).result()
-    return times, _host_description()
+    return times, host_description()
 
 
 def time_adb(paths, serial, num_threads, runs, warmup, binary=None, adb=None):
@@ -417,6 +417,7 @@ def main(argv):
         raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
     if not FLAGS.model or not FLAGS.output:
         raise SpvitError("pass --model=NAME and --output=table.json")
+    check_output_file(FLAGS.output, "--output")  # before minutes of conversion and timing
     if FLAGS.target != "host" and not FLAGS.target.startswith("adb"):
         raise SpvitError(f"--target must be host or adb[:serial], got {FLAGS.target!r}")
     token_grid(2, FLAGS.tokens)  # rejects a bad --tokens before anything is built

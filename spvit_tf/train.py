@@ -51,9 +51,16 @@ flags.DEFINE_float("warmup_epochs", 5, "Linear learning-rate warm-up.")
 flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay.")
 flags.DEFINE_float("backbone_lr_scale", 0.01, "Pruned modes: backbone LR relative to --lr (the selectors').")
 flags.DEFINE_integer("freeze_backbone_steps", 0, "Steps training only the selectors first.")
+flags.DEFINE_float("freeze_backbone_epochs", 0, "The same in epochs (SPViT: 5 of 30).")
 flags.DEFINE_float("drop_path", 0.1, "Stochastic depth rate.")
 flags.DEFINE_float("label_smoothing", 0.1, "Label smoothing of the cross-entropy.")
+flags.DEFINE_enum("crop", "resized", ("resized", "pad"), "Training crop: DeiT's random resized "
+                  "crop, or reflect-pad by --crop_padding and crop back (small images).")
 flags.DEFINE_float("min_crop_scale", 0.08, "Random resized crop: smallest area fraction.")
+flags.DEFINE_integer("crop_padding", 4, "--crop=pad: padding in pixels (the largest shift).")
+flags.DEFINE_float("rotation_degrees", 0.0, "Random rotation per image, up to +-this (0: off).")
+flags.DEFINE_float("color_jitter", 0.0, "Brightness/contrast/saturation jitter per image (0: off).")
+flags.DEFINE_float("erasing", 0.0, "Probability of random erasing per image (0: off).")
 flags.DEFINE_bool("flip", True, "Random horizontal flips.")
 flags.DEFINE_integer("randaugment_ops", 2, "RandAugment operations per image (0: off).")
 flags.DEFINE_float("randaugment_factor", 0.5, "RandAugment magnitude factor.")
@@ -73,6 +80,8 @@ flags.DEFINE_integer(
 flags.DEFINE_float("distill_weight", 0.5, "Weight of the KL to the teacher's logits.")
 flags.DEFINE_float("token_weight", 0.5, "Weight of the kept-token MSE to the teacher's tokens.")
 flags.DEFINE_float("ratio_weight", 2.0, "Weight of the keep-ratio (budget) regulariser.")
+flags.DEFINE_enum("ratio_loss", "batch", ("batch", "image"), "Keep ratio met by the batch's mean "
+                  "(SPViT) or by every image (DynamicViT).")
 flags.DEFINE_float("search_tolerance", 0.05, "search: keep-ratio gap merged into one phase.")
 flags.DEFINE_enum("strategy", "default", ("default", "mirrored", "multi_worker", "tpu"),
                   "tf.distribute strategy.")
@@ -127,8 +136,11 @@ def check_flags():
         raise SpvitError("give --keep_ratios or a budget (--budget_gflops/--budget_ms), not both")
     if FLAGS.batch_size < 1 or FLAGS.epochs < 1 and FLAGS.steps < 1:
         raise SpvitError("--batch_size and --epochs (or --steps) must be positive")
+    if FLAGS.freeze_backbone_steps and FLAGS.freeze_backbone_epochs:
+        raise SpvitError("give --freeze_backbone_steps or --freeze_backbone_epochs, not both")
     if FLAGS.cpu_replicas and FLAGS.strategy != "mirrored":
         raise SpvitError("--cpu_replicas needs --strategy=mirrored")
+    augment_from_flags()  # its own checks, before any data is read
     if FLAGS.align_to_latency_steps and FLAGS.mode in ("dense", "search"):
         raise SpvitError(f"--align_to_latency_steps moves a schedule's counts; --mode={FLAGS.mode} "
                          "has none")
@@ -255,6 +267,7 @@ class Trainer:
         import tensorflow as tf
 
         from spvit_tf.registry import create_model
+        from spvit_tf.schedules import CappedSchedule
 
         self.strategy, self.run = strategy, run
         self.global_batch = FLAGS.batch_size
@@ -272,16 +285,22 @@ class Trainer:
             self.backbone_vars = [
                 v for v in self.student.trainable_weights if id(v) not in selector_ids
             ]
+            frozen = FLAGS.freeze_backbone_steps or round(
+                FLAGS.freeze_backbone_epochs * self.steps_per_epoch)
+            self.frozen_steps = min(frozen, self.total_steps) if self.selector_vars else 0
             peak = FLAGS.lr * self.global_batch / 512
-            # Every pruned mode fine-tunes its backbone at lr x backbone_lr_scale, with or
-            # without selectors (at the full lr), so methods compared share one recipe.
+            # Every pruned mode fine-tunes its backbone at SPViT's official rate, with or
+            # without selectors, so methods compared share one recipe: nothing while frozen,
+            # then min(lr x backbone_lr_scale, the selectors' schedule at the same step).
             if pruner is not None:
-                frozen = min(FLAGS.freeze_backbone_steps, self.total_steps) if self.selector_vars else 0
-                self.groups = [(self._adamw(peak * FLAGS.backbone_lr_scale, frozen), self.backbone_vars)]
+                frozen = self.frozen_steps
+                backbone = CappedSchedule(self._schedule(peak), peak * FLAGS.backbone_lr_scale,
+                                          offset=frozen)
+                self.groups = [(self._adamw(backbone), self.backbone_vars)]
                 if self.selector_vars:
-                    self.groups.append((self._adamw(peak), self.selector_vars))
+                    self.groups.append((self._adamw(self._schedule(peak)), self.selector_vars))
             else:
-                self.groups = [(self._adamw(peak), self.backbone_vars)]
+                self.groups = [(self._adamw(self._schedule(peak)), self.backbone_vars)]
             for optimizer, variables in self.groups:  # here: a distributed step cannot create them
                 optimizer.build(variables)
             self.optimizers = [optimizer for optimizer, _ in self.groups]
@@ -299,23 +318,23 @@ class Trainer:
         )
         self._steps = {}
 
-    def _adamw(self, peak, frozen_steps=0):
-        """AdamW with linear warm-up and cosine decay over the steps it actually applies.
-
-        A frozen backbone's optimizer starts `frozen_steps` late, so its schedule is that much
-        shorter and still ends with the run.
-        """
+    def _schedule(self, peak):
+        """Linear warm-up to `peak`, then cosine decay to --min_lr at the run's last step."""
         import keras
 
-        steps = max(self.total_steps - frozen_steps, 1)
+        steps = max(self.total_steps, 1)
         warmup = min(int(FLAGS.warmup_epochs * self.steps_per_epoch), steps // 2)
-        schedule = keras.optimizers.schedules.CosineDecay(
+        return keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup else peak,
             decay_steps=max(steps - warmup, 1),
             alpha=min(FLAGS.min_lr / peak, 1.0) if peak else 0.0,
             warmup_target=peak if warmup else None,
             warmup_steps=warmup,
         )
+
+    def _adamw(self, schedule):
+        import keras
+
         return keras.optimizers.AdamW(
             learning_rate=schedule,
             weight_decay=FLAGS.weight_decay,
@@ -367,6 +386,7 @@ class Trainer:
                 token_weight=FLAGS.token_weight,
                 ratio_weight=FLAGS.ratio_weight if self.target_ratios else 0.0,
                 label_smoothing=FLAGS.label_smoothing,
+                ratio_loss=FLAGS.ratio_loss,
             )
             total = tf.reduce_sum(terms["total"]) / self.global_batch
             if FLAGS.mode == "search":
@@ -412,10 +432,14 @@ class Trainer:
             self._steps[train_backbone] = step
         return self._steps[train_backbone](batch)
 
-    def learning_rate(self):
-        """The current LR of the selectors (of the backbone in modes without selectors)."""
-        optimizer = self.optimizers[-1]
-        return float(optimizer.learning_rate)
+    def learning_rates(self, step):
+        """{"lr": the selectors' LR at the run's `step` (the backbone's without selectors),
+        and with selectors "backbone_lr" (0 while the backbone is frozen)}."""
+        rates = {"lr": float(self.optimizers[-1].learning_rate)}
+        if len(self.optimizers) > 1:
+            frozen = step <= self.frozen_steps
+            rates["backbone_lr"] = 0.0 if frozen else float(self.optimizers[0].learning_rate)
+        return rates
 
 
 def _stage_starts(model):
@@ -448,6 +472,19 @@ def search_schedule(trainer, eval_data):
     return layer_ratios, fragment
 
 
+def augment_from_flags():
+    """The run's training augmentation (data.Augment) from its flags."""
+    from spvit_tf import data
+
+    return data.Augment(
+        crop=FLAGS.crop, min_crop_scale=FLAGS.min_crop_scale, crop_padding=FLAGS.crop_padding,
+        flip=FLAGS.flip, randaugment_ops=FLAGS.randaugment_ops,
+        randaugment_factor=FLAGS.randaugment_factor, rotation_degrees=FLAGS.rotation_degrees,
+        color_jitter=FLAGS.color_jitter, erasing=FLAGS.erasing, mixup_alpha=FLAGS.mixup,
+        cutmix_alpha=FLAGS.cutmix, seed=FLAGS.seed,
+    )
+
+
 class _Stop:
     """Set by SIGTERM: the loop saves a checkpoint after the current step and exits."""
 
@@ -466,6 +503,7 @@ def train(strategy, run, train_split, eval_split):
     from spvit_tf import data
     from spvit_tf.evaluate import accuracy
     from spvit_tf.flops import model_cost
+    from spvit_tf.stats import encode_correct
     from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write
 
     trainer = Trainer(strategy, run, len(train_split))
@@ -473,17 +511,12 @@ def train(strategy, run, train_split, eval_split):
     step = int(trainer.step.numpy())  # a MirroredVariable has no __int__
     if step:
         print(f"resuming {FLAGS.workdir} from step {step} ({trainer.manager.latest_checkpoint})")
-    augment = data.Augment(
-        min_crop_scale=FLAGS.min_crop_scale, flip=FLAGS.flip, randaugment_ops=FLAGS.randaugment_ops,
-        randaugment_factor=FLAGS.randaugment_factor, mixup_alpha=FLAGS.mixup,
-        cutmix_alpha=FLAGS.cutmix, seed=FLAGS.seed,
-    )
+    augment = augment_from_flags()
     geometry = dict(image_size=run["image_size"], crop_ratio=FLAGS.crop_ratio)
     eval_data = data.to_dataset(eval_split, batch_size=FLAGS.batch_size, training=False,
                                 subset_seed=0 if FLAGS.eval_examples else None, **geometry)
     signal.signal(signal.SIGTERM, _request_stop)
     spe, total = trainer.steps_per_epoch, trainer.total_steps
-    learned = bool(trainer.selector_vars)
     metrics_path = os.path.join(FLAGS.workdir, "metrics.jsonl")
     writer = tf.summary.create_file_writer(os.path.join(FLAGS.workdir, "tb"))
     with open(metrics_path, "a") as log_file, writer.as_default():
@@ -505,7 +538,7 @@ def train(strategy, run, train_split, eval_split):
             bar.update(offset)
             started, seen = None, 0
             for batch in strategy.experimental_distribute_dataset(dataset):
-                backbone = not learned or FLAGS.mode == "dense" or step >= FLAGS.freeze_backbone_steps
+                backbone = step >= trainer.frozen_steps
                 metrics = {k: float(v) for k, v in trainer.train_step(batch, backbone).items()}
                 step += 1
                 if started is None:  # throughput from the second step: the first compiles
@@ -521,7 +554,7 @@ def train(strategy, run, train_split, eval_split):
                 speed = seen / max(time.perf_counter() - started, 1e-9)
                 bar.update(step - epoch * spe, [("loss", metrics["total"]), ("img/s", speed)])
                 if step % FLAGS.log_every == 0 or step == total:
-                    log({"step": step, "epoch": epoch, "lr": trainer.learning_rate(),
+                    log({"step": step, "epoch": epoch, **trainer.learning_rates(step),
                          "images_per_sec": speed, **metrics})
                 if _Stop.requested:
                     trainer.manager.save(checkpoint_number=step)
@@ -541,10 +574,12 @@ def train(strategy, run, train_split, eval_split):
     for optimizer in trainer.optimizers:
         if optimizer.use_ema:
             optimizer.finalize_variable_values(optimizer._trainable_variables)
-    top1, top5, seen = accuracy(trainer.student, eval_data, FLAGS.eval_examples)
+    top1, top5, seen, correct = accuracy(trainer.student, eval_data, FLAGS.eval_examples,
+                                         per_image=True)
     cost = model_cost(trainer.student)
     result = {
         "step": step, "eval_top1": top1, "eval_top5": top5, "eval_examples": seen,
+        "top1_correct": encode_correct(correct),
         "gflops": cost.gflops,
         "dense_gflops": model_cost(run["model"], **dense_options(run["model_config"])).gflops,
     }
@@ -602,6 +637,10 @@ def own_flags():
 def main(argv):
     if len(argv) > 1:
         raise SpvitError(f"unexpected arguments {argv[1:]}; options are passed as --flag=value")
+    from spvit_tf.workdir import check_output_dir, ensure_output_dir
+
+    if FLAGS.workdir:  # first: TensorFlow's start-up lines on stderr would bury this one
+        check_output_dir(FLAGS.workdir, "--workdir")
     check_flags()
     if FLAGS.cpu_replicas:
         split_cpu()
@@ -643,7 +682,7 @@ def main(argv):
 
         dense = model_cost(FLAGS.model, **dense_options(overrides))
         run["search_target_fraction"] = FLAGS.budget_gflops / dense.gflops
-    os.makedirs(FLAGS.workdir, exist_ok=True)
+    ensure_output_dir(FLAGS.workdir, "--workdir")
     if os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
         previous = read_run(FLAGS.workdir)
         changed = [k for k in ("model", "model_config", "mode", "data") if previous.get(k) != run.get(k)]

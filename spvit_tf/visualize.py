@@ -17,7 +17,7 @@ import numpy as np
 from absl import app, flags
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
-from spvit_tf.workdir import atomic_write
+from spvit_tf.workdir import atomic_write, check_output_file
 
 DROPPED_NOW = np.array([230, 60, 40], np.float32)  # tint of tokens dropped at this location
 WASH = 0.8  # how far earlier-dropped patches fade to white
@@ -140,6 +140,7 @@ def main(argv):
         raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
     if not FLAGS.workdir:
         raise SpvitError("--workdir is required: a pruned python -m spvit_tf.train run")
+    check_output_file(FLAGS.output, "--output")  # before the model and images load
     print(visualize(FLAGS.workdir, FLAGS.images, FLAGS.num_images, FLAGS.output))
 
 

@@ -1,4 +1,5 @@
-"""The training workdir contract shared by train, evaluate, export and visualize.
+"""The training workdir contract shared by train, evaluate, export and visualize, and the
+output-location checks of every CLI.
 
     <workdir>/run.json                   what the model is and how its inputs look (below)
     <workdir>/flags.txt                  the exact flags of the run (a valid --flagfile)
@@ -11,6 +12,11 @@
 pruning included), `class_names`, `image_size`, `mean`, `std` (input normalisation on a 0-1
 pixel scale, as timm gives them), `crop_ratio` and `data` (the source spec). Files are written
 atomically.
+
+Every CLI that writes (train's workdir, export's and the benchmarks' --output_dir, the
+--output of visualize and latency_table) checks its output location first with
+`check_output_dir` / `check_output_file`: a location that cannot be created is one error
+line before any model or data is loaded, not a traceback after minutes of work.
 """
 
 import json
@@ -24,7 +30,10 @@ FINAL_WEIGHTS = os.path.join("final", "model.weights.h5")
 
 
 def atomic_write(path, data, mode="w"):
-    """Writes `data` to `path` via a temporary file and `os.replace` (never half-written)."""
+    """Writes `data` to `path` via a temporary file and `os.replace` (never half-written).
+
+    A file-system error (a full disk, no permission) is re-raised as the same OSError with
+    `path` as its file name, so that `run_cli` reports the file, not a temporary name."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
@@ -32,10 +41,67 @@ def atomic_write(path, data, mode="w"):
         with os.fdopen(fd, mode) as f:
             f.write(data)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(error, OSError) and error.errno is not None:
+            raise OSError(error.errno, error.strerror, os.fspath(path)) from error
         raise
+
+
+def _unusable(path):
+    """Why `path` cannot be (or become) a directory this process writes in, or None.
+
+    Walks up to the nearest existing ancestor, without creating anything: a regular file
+    there (or the path itself being one) blocks every folder below it, and an existing
+    folder must let this process create entries.
+    """
+    target = os.path.abspath(path)
+    existing = target
+    while not os.path.lexists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        kind = "a regular file" if os.path.isfile(existing) else "not a directory"
+        return existing, f"{existing} is {kind}"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return existing, f"{existing} is not writable"
+    return None
+
+
+def check_output_dir(path, flag):
+    """Raises a one-line `SpvitError` unless `path` is, or can be created as, a writable
+    directory; creates nothing, so a CLI can call it before any expensive work and still
+    leave no empty folder behind when a later check fails. `flag` names the option."""
+    problem = _unusable(path)
+    if problem is None:
+        return
+    blocker, reason = problem
+    if blocker == os.path.abspath(path):
+        raise SpvitError(f"{flag}={path} cannot be used: {reason}; pass a writable directory")
+    raise SpvitError(f"{flag}={path} cannot be created: {reason}; pass a writable directory")
+
+
+def ensure_output_dir(path, flag):
+    """`check_output_dir`, then creates `path` (and its parents); returns `path`."""
+    check_output_dir(path, flag)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:  # e.g. a read-only file system, or a race with another process
+        raise SpvitError(
+            f"{flag}={path} cannot be created: {error.strerror}; pass a writable directory"
+        ) from None
+    return path
+
+
+def check_output_file(path, flag):
+    """Raises a one-line `SpvitError` unless a file can be written at `path`: not a folder,
+    and its folder exists or can be created, writable. Creates nothing."""
+    if os.path.isdir(path):
+        raise SpvitError(f"{flag}={path} is a directory; pass a file path inside it")
+    problem = _unusable(os.path.dirname(os.path.abspath(path)))
+    if problem is not None:
+        raise SpvitError(f"{flag}={path} cannot be written: {problem[1]}; pass a path in a "
+                         "writable directory")
 
 
 def write_run(workdir, run):

@@ -186,7 +186,13 @@ def test_full_run_issues_exact_commands_and_records_numbers(phone):
     result = phone.run(
         "--backends=cpu,gpu,nnapi,xnnpack_off", "--num_threads=1,4", "--runs=30", "--warmup_runs=5"
     )
-    assert result.returncode == 0, result.stderr
+    # Three runs fail on the phone: their rows are written, and the exit status says so.
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: 3 of 12 runs failed (dense nnapi t4, pruned gpu t4, pruned "
+                           "nnapi t4), e.g. dense: NNAPI delegate took no node")
+    assert line.endswith(f"their rows are in {phone.out / 'results.md'}; pass --allow_failures "
+                         "to exit 0 with failed rows")
     calls = phone.calls()
     d, p = phone.models / "dense.tflite", phone.models / "pruned.tflite"
     s = ["-s", "EMU01"]
@@ -277,6 +283,24 @@ def test_profiling_and_memory_flags_reach_the_tool_and_parse(phone):
     assert rows[0].median_ms == pytest.approx(19.9)
     assert rows[0].note == "monitored peak footprint 35.5 MB"
     assert "Timings (microseconds)" in (phone.out / "logs" / "dense_cpu_t2.log").read_text()
+
+
+def test_allow_failures_keeps_the_failed_row_and_exits_0(phone):
+    result = phone.run("--backends=gpu", "--num_threads=1", "--allow_failures")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    rows, _, _ = bench_results.read_results(phone.out / "results.json")
+    assert [(r.model, r.status) for r in rows] == [("dense", "ok"), ("pruned", "failed")]
+
+
+def test_an_output_dir_that_cannot_be_created_stops_before_adb(phone):
+    blocker = phone.root / "results"
+    blocker.write_text("a file")
+    result = phone.run("--backends=cpu", "--num_threads=1", f"--output_dir={blocker / 'phone'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line == (f"error: --output_dir={blocker / 'phone'} cannot be created: {blocker} is a "
+                    "regular file; pass a writable directory")
+    assert phone.calls() == [] and blocker.read_text() == "a file"
 
 
 def test_serial_picks_one_of_several_devices_and_runs_from_elsewhere(phone):

@@ -223,10 +223,27 @@ def test_baselines_fine_tune_the_backbone_at_the_pruned_recipe_lr(tmp_path):
             "--backbone_lr_scale=0.5", "--min_lr=0", "--eval_examples=32",
             f"--workdir={tmp_path}"]
     run(args)
-    peak = 0.01 * 32 / 512 * 0.5  # per 512 images, scaled to batch 32
+    peak = 0.01 * 32 / 512  # per 512 images, scaled to batch 32
     logged = [m["lr"] for m in metrics(tmp_path) if "lr" in m]
+    # SPViT's backbone rate: min(lr x backbone_lr_scale, the cosine at the same step).
+    capped = [min(0.5 * peak, peak * 0.5 * (1 + math.cos(math.pi * step / 4))) for step in (1, 2, 3, 4)]
+    np.testing.assert_allclose(logged, capped, rtol=1e-5, atol=1e-12)
+
+
+def test_a_frozen_backbone_waits_then_learns_at_the_capped_rate(tmp_path):
+    """SPViT's recipe: selectors alone for the first steps (backbone weights untouched), then
+    the backbone at min(lr x backbone_lr_scale, the selectors' cosine at the same step)."""
+    args = [*TINY, *NO_AUG, "--mode=spvit", "--pruning_locations=1", "--keep_ratios=0.5",
+            "--steps=4", "--log_every=1", "--warmup_epochs=0", "--lr=0.01", "--min_lr=0",
+            "--backbone_lr_scale=0.5", "--freeze_backbone_steps=2", "--eval_examples=32",
+            f"--workdir={tmp_path}"]
+    run(args)
+    peak = 0.01 * 32 / 512
+    logged = [m for m in metrics(tmp_path) if "lr" in m]
     cosine = [peak * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in (1, 2, 3, 4)]
-    np.testing.assert_allclose(logged, cosine, rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose([m["lr"] for m in logged], cosine, rtol=1e-5, atol=1e-12)
+    want = [0.0, 0.0, min(0.5 * peak, cosine[2]), min(0.5 * peak, cosine[3])]
+    np.testing.assert_allclose([m["backbone_lr"] for m in logged], want, rtol=1e-5, atol=1e-12)
 
 
 def test_sigterm_saves_and_the_same_command_resumes_exactly(demo, tmp_path):
