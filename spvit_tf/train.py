@@ -229,6 +229,28 @@ def make_strategy():
     return tf.distribute.get_strategy()
 
 
+def worker_role(strategy):
+    """(is_chief, task id) of this process: a multi-worker cluster's chief is its `chief` task,
+    else worker 0; a single process is its own chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True, 0
+    if resolver.task_type == "chief":
+        return True, 0
+    jobs = resolver.cluster_spec().as_dict()
+    return "chief" not in jobs and resolver.task_type == "worker" and resolver.task_id == 0, \
+        int(resolver.task_id or 0)
+
+
+# What a collective op raises when a peer worker died or stopped answering (TF's health check
+# aborts the pending collectives): the run stops with one line instead of a traceback.
+def _peer_errors():
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError,
+            tf.errors.AbortedError)
+
+
 def search_budget_loss(model, records, target_fraction):
     """Differentiable FLOPs fraction of the sampled decisions vs `target_fraction` (search).
 
@@ -310,9 +332,14 @@ class Trainer:
         self.checkpoint = tf.train.Checkpoint(
             variables=list(self.student.variables), optimizers=self.optimizers, step=self.step
         )
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(FLAGS.workdir, "checkpoints"), max_to_keep=3
-        )
+        # Multi-worker: every worker saves (saving may take part in collectives), but only the
+        # chief into the workdir; the others write to a scratch folder they delete again, and
+        # every worker restores from the chief's checkpoints.
+        self.is_chief, task = worker_role(strategy)
+        self.checkpoint_dir = os.path.join(FLAGS.workdir, "checkpoints")
+        own_dir = self.checkpoint_dir if self.is_chief else os.path.join(
+            FLAGS.workdir, f".worker-{task}-checkpoints")
+        self.manager = tf.train.CheckpointManager(self.checkpoint, own_dir, max_to_keep=3)
         self.target_ratios = (
             list(pruner.config.keep_ratios) if pruner is not None and FLAGS.mode != "search" else None
         )
@@ -432,6 +459,19 @@ class Trainer:
             self._steps[train_backbone] = step
         return self._steps[train_backbone](batch)
 
+    def latest_checkpoint(self):
+        """The chief's latest checkpoint (what every worker resumes from), or None."""
+        import tensorflow as tf
+
+        return tf.train.latest_checkpoint(self.checkpoint_dir)
+
+    def save(self, step):
+        import shutil
+
+        self.manager.save(checkpoint_number=step)
+        if not self.is_chief:
+            shutil.rmtree(self.manager.directory, ignore_errors=True)
+
     def learning_rates(self, step):
         """{"lr": the selectors' LR at the run's `step` (the backbone's without selectors),
         and with selectors "backbone_lr" (0 while the backbone is frozen)}."""
@@ -496,30 +536,26 @@ def _request_stop(signum, frame):
 
 
 def train(strategy, run, train_split, eval_split):
-    """The loop; returns the final evaluation dict."""
-    import keras
+    """The run: restore, train, evaluate; returns the final evaluation dict."""
     import tensorflow as tf
 
     from spvit_tf import data
-    from spvit_tf.evaluate import accuracy
-    from spvit_tf.flops import model_cost
-    from spvit_tf.stats import encode_correct
-    from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write
 
     trainer = Trainer(strategy, run, len(train_split))
-    trainer.checkpoint.restore(trainer.manager.latest_checkpoint).expect_partial()
+    trainer.checkpoint.restore(trainer.latest_checkpoint()).expect_partial()
     step = int(trainer.step.numpy())  # a MirroredVariable has no __int__
     if step:
-        print(f"resuming {FLAGS.workdir} from step {step} ({trainer.manager.latest_checkpoint})")
+        print(f"resuming {FLAGS.workdir} from step {step} ({trainer.latest_checkpoint()})")
     augment = augment_from_flags()
     geometry = dict(image_size=run["image_size"], crop_ratio=FLAGS.crop_ratio)
     eval_data = data.to_dataset(eval_split, batch_size=FLAGS.batch_size, training=False,
                                 subset_seed=0 if FLAGS.eval_examples else None, **geometry)
     signal.signal(signal.SIGTERM, _request_stop)
-    spe, total = trainer.steps_per_epoch, trainer.total_steps
     metrics_path = os.path.join(FLAGS.workdir, "metrics.jsonl")
-    writer = tf.summary.create_file_writer(os.path.join(FLAGS.workdir, "tb"))
-    with open(metrics_path, "a") as log_file, writer.as_default():
+    chief = trainer.is_chief  # only the chief writes logs and the final model
+    writer = (tf.summary.create_file_writer(os.path.join(FLAGS.workdir, "tb")) if chief
+              else tf.summary.create_noop_writer())
+    with open(metrics_path if chief else os.devnull, "a") as log_file, writer.as_default():
         def log(record):
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
@@ -527,53 +563,84 @@ def train(strategy, run, train_split, eval_split):
                 if isinstance(value, float):
                     tf.summary.scalar(key, value, step=record["step"])
 
-        while step < total:
-            epoch, offset = divmod(step, spe)
-            dataset = data.to_dataset(
-                train_split, batch_size=FLAGS.batch_size, training=True,
-                shuffle_seed=FLAGS.seed + epoch, skip_batches=offset, **geometry,
-                augment=dataclasses.replace(augment, seed=FLAGS.seed + epoch),  # fresh draws
-            )
-            bar = keras.utils.Progbar(min(spe, total - epoch * spe), stateful_metrics=["img/s"])
-            bar.update(offset)
-            started, seen = None, 0
-            for batch in strategy.experimental_distribute_dataset(dataset):
-                backbone = step >= trainer.frozen_steps
-                metrics = {k: float(v) for k, v in trainer.train_step(batch, backbone).items()}
-                step += 1
-                if started is None:  # throughput from the second step: the first compiles
-                    started = time.perf_counter()
-                else:
-                    seen += FLAGS.batch_size
-                if not math.isfinite(metrics["total"]):
-                    raise SpvitError(
-                        f"the loss became {metrics['total']} at step {step}: run stopped, the last "
-                        f"good checkpoint ({trainer.manager.latest_checkpoint}) is intact; lower "
-                        "--lr or check the data"
-                    )
-                speed = seen / max(time.perf_counter() - started, 1e-9)
-                bar.update(step - epoch * spe, [("loss", metrics["total"]), ("img/s", speed)])
-                if step % FLAGS.log_every == 0 or step == total:
-                    log({"step": step, "epoch": epoch, **trainer.learning_rates(step),
-                         "images_per_sec": speed, **metrics})
-                if _Stop.requested:
-                    trainer.manager.save(checkpoint_number=step)
-                    print(f"\nSIGTERM: saved {trainer.manager.latest_checkpoint}; rerun the same "
-                          "command to resume")
-                    sys.exit(143)
-                if step % FLAGS.checkpoint_every == 0 or step % spe == 0 or step == total:
-                    trainer.manager.save(checkpoint_number=step)
-                if step % spe == 0 or step == total:
-                    break
-            done_epoch = math.ceil(step / spe)
-            if FLAGS.eval_every and done_epoch % FLAGS.eval_every == 0 and step < total:
-                top1, top5, _ = accuracy(trainer.student, eval_data, FLAGS.eval_examples)
-                print(f"epoch {done_epoch}: top-1 {top1:.4f} top-5 {top5:.4f}")
-                log({"step": step, "epoch": done_epoch, "eval_top1": top1, "eval_top5": top5})
+        try:
+            step = _loop(trainer, strategy, train_split, eval_data, augment, geometry, step, log)
+        except _peer_errors() as error:
+            if FLAGS.strategy != "multi_worker":
+                raise
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise SpvitError(
+                f"a peer worker stopped or cannot be reached ({type(error).__name__}: {first[:160]}); "
+                f"the last checkpoint ({trainer.latest_checkpoint()}) is intact: restart every "
+                "worker with the same command to resume"
+            ) from None
+    return _finish(trainer, run, eval_data, step, metrics_path)
 
-    for optimizer in trainer.optimizers:
+
+def _loop(trainer, strategy, train_split, eval_data, augment, geometry, step, log):
+    """Trains from `step` to the end of the run (or a SIGTERM); returns the last step."""
+    import keras
+
+    from spvit_tf import data
+    from spvit_tf.evaluate import accuracy
+
+    spe, total = trainer.steps_per_epoch, trainer.total_steps
+    while step < total:
+        epoch, offset = divmod(step, spe)
+        dataset = data.to_dataset(
+            train_split, batch_size=FLAGS.batch_size, training=True,
+            shuffle_seed=FLAGS.seed + epoch, skip_batches=offset, **geometry,
+            augment=dataclasses.replace(augment, seed=FLAGS.seed + epoch),  # fresh draws
+        )
+        bar = keras.utils.Progbar(min(spe, total - epoch * spe), stateful_metrics=["img/s"])
+        bar.update(offset)
+        started, seen = None, 0
+        for batch in strategy.experimental_distribute_dataset(dataset):
+            backbone = step >= trainer.frozen_steps
+            metrics = {k: float(v) for k, v in trainer.train_step(batch, backbone).items()}
+            step += 1
+            if started is None:  # throughput from the second step: the first compiles
+                started = time.perf_counter()
+            else:
+                seen += FLAGS.batch_size
+            if not math.isfinite(metrics["total"]):
+                raise SpvitError(
+                    f"the loss became {metrics['total']} at step {step}: run stopped, the last "
+                    f"good checkpoint ({trainer.latest_checkpoint()}) is intact; lower "
+                    "--lr or check the data"
+                )
+            speed = seen / max(time.perf_counter() - started, 1e-9)
+            bar.update(step - epoch * spe, [("loss", metrics["total"]), ("img/s", speed)])
+            if step % FLAGS.log_every == 0 or step == total:
+                log({"step": step, "epoch": epoch, **trainer.learning_rates(step),
+                     "images_per_sec": speed, **metrics})
+            if _Stop.requested:
+                trainer.save(step)
+                print(f"\nSIGTERM: saved {trainer.latest_checkpoint()}; rerun the same "
+                      "command to resume")
+                sys.exit(143)
+            if step % FLAGS.checkpoint_every == 0 or step % spe == 0 or step == total:
+                trainer.save(step)
+            if step % spe == 0 or step == total:
+                break
+        done_epoch = math.ceil(step / spe)
+        if FLAGS.eval_every and done_epoch % FLAGS.eval_every == 0 and step < total:
+            top1, top5, _ = accuracy(trainer.student, eval_data, FLAGS.eval_examples)
+            print(f"epoch {done_epoch}: top-1 {top1:.4f} top-5 {top5:.4f}")
+            log({"step": step, "epoch": done_epoch, "eval_top1": top1, "eval_top5": top5})
+    return step
+
+
+def _finish(trainer, run, eval_data, step, metrics_path):
+    """The final evaluation; the chief also writes the final model, eval.json and log line."""
+    from spvit_tf.evaluate import accuracy
+    from spvit_tf.flops import model_cost
+    from spvit_tf.stats import encode_correct
+    from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write
+
+    for optimizer, variables in trainer.groups:
         if optimizer.use_ema:
-            optimizer.finalize_variable_values(optimizer._trainable_variables)
+            optimizer.finalize_variable_values(variables)
     top1, top5, seen, correct = accuracy(trainer.student, eval_data, FLAGS.eval_examples,
                                          per_image=True)
     cost = model_cost(trainer.student)
@@ -587,18 +654,22 @@ def train(strategy, run, train_split, eval_split):
     if pruner is not None:
         result["keep_ratios"] = list(pruner.config.keep_ratios)
         result["kept_tokens"] = list(pruner.counts)
-        history = [json.loads(line) for line in open(metrics_path) if '"keep_0"' in line]
+        history = [json.loads(line) for line in open(metrics_path) if '"keep_0"' in line] \
+            if trainer.is_chief else []
         if history:
             last = history[-1]
             result["train_keep_ratios"] = [last[f"keep_{j}"] for j in range(len(pruner.counts))]
     if FLAGS.mode == "search":
         result["layer_keep_ratios"], fragment = search_schedule(trainer, eval_data)
-        atomic_write(os.path.join(FLAGS.workdir, "schedule.cfg"), fragment)
+        if trainer.is_chief:
+            atomic_write(os.path.join(FLAGS.workdir, "schedule.cfg"), fragment)
         print(f"searched schedule (pass to the real run):\n{fragment}")
+    if not trainer.is_chief:
+        return result
     weights = os.path.join(FLAGS.workdir, FINAL_WEIGHTS)
     os.makedirs(os.path.dirname(weights), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(weights), ".tmp-model.weights.h5")
-    trainer.student.save_weights(tmp)
+    tmp = os.path.join(os.path.dirname(weights), ".tmp-model.weights.h5")  # Keras picks the
+    trainer.student.save_weights(tmp)  # format by the suffix, so atomic_write's temp won't do
     os.replace(tmp, weights)
     atomic_write(os.path.join(FLAGS.workdir, "final", "eval.json"), json.dumps(result, indent=2))
     log_record = {k: v for k, v in result.items() if isinstance(v, (int, float))}
@@ -691,9 +762,11 @@ def main(argv):
                 f"{FLAGS.workdir} holds a different run ({', '.join(changed)} differ); resume "
                 "it with its own flags (flags.txt) or pass a new --workdir"
             )
-    write_run(FLAGS.workdir, run)
-    atomic_write(os.path.join(FLAGS.workdir, "flags.txt"), own_flags())
-    result = train(make_strategy(), run, train_split, eval_split)
+    strategy = make_strategy()
+    if worker_role(strategy)[0]:  # the chief's files; workers share the workdir
+        write_run(FLAGS.workdir, run)
+        atomic_write(os.path.join(FLAGS.workdir, "flags.txt"), own_flags())
+    result = train(strategy, run, train_split, eval_split)
     print_summary(run, result)
 
 
