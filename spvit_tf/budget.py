@@ -96,13 +96,15 @@ def latency_cost(table, name, overrides):
 
     The table times SPViT's selector and the selection/package step; `hard` is priced with
     them too (its missing package is a small over-estimate), `static` without the selector.
-    EViT's class-attention score is not in the table, so `evit` is refused.
+    A method whose step the table does not time (`Method.timed_by_latency_tables`: EViT's
+    class-attention score, ToMe's merging) is refused.
     """
     arch, template = _priced_model(name, overrides)
-    if template.method == "evit":
+    method = template.method_object
+    if not method.timed_by_latency_tables:
         raise SpvitError(
-            "latency tables time SPViT's selector, not EViT's class-attention score: price "
-            "evit with cost='gflops'"
+            f"latency tables time SPViT's selector and selection step, not the step of "
+            f"{method.label}: price {method.name} with cost='gflops'"
         )
     _check_table_fits(validate_latency_table(table), name, arch)
     return lambda keep_ratios: architecture_latency_ms(

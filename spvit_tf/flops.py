@@ -14,9 +14,12 @@ the total. With these rules DeiT-Ti/S/B and PiT-Ti/XS/S round to their published
 PiT-B comes to 12.40 against the PiT paper's 12.5 (timm's profiler also gets 12.42 GMACs).
 
 A pruned model (its `pruning` config) is priced as it runs at inference: blocks see the kept
-patch tokens plus the prefix and package tokens; each location adds its scorer (the SPViT
-selector's MLPs, or EViT's class-attention keys), the package token's weighted sum, and with
-`selection="matmul"` the permutation matmuls that replace TOPK_V2/GATHER.
+patch tokens plus the prefix and package tokens; each location adds what its method object
+prices (`Method.step_macs`, `spvit_tf.pruning.methods`): its scorer (the SPViT selector's
+MLPs, EViT's class-attention keys, ToMe's keys and similarities) and its token movement (the
+package token's weighted sum, ToMe's merge matmul, and with `selection="matmul"` the
+permutation matmuls that replace TOPK_V2/GATHER). With `matmul`, PiT's return of the tokens
+to the grid at the end of a pruned stage is one more permutation matmul, for every method.
 
 Pricing is plain integer arithmetic on the constructor config: no weights are built, and
 `architecture_from_config` runs without TensorFlow. Only resolving a registered name imports
@@ -33,6 +36,9 @@ from absl import app, flags
 
 from spvit_tf.errors import SpvitError, run_cli
 from spvit_tf.pruning.config import PruningConfig
+from spvit_tf.pruning.methods import StepShape, method_names
+from spvit_tf.pruning.methods.evit import class_attention_macs  # noqa: F401  (re-exported)
+from spvit_tf.pruning.methods.spvit import selector_macs  # noqa: F401  (re-exported)
 
 GIGA = 1e9
 
@@ -53,25 +59,6 @@ def block_macs(num_tokens, dim, mlp_ratio=4.0):
 def conv_macs(out_positions, out_channels, macs_per_output):
     """MACs of a conv layer: every output value costs its receptive field's MACs."""
     return out_positions * out_channels * macs_per_output
-
-
-def selector_macs(num_tokens, dim, num_heads):
-    """MACs of SPViT's multi-head selector over `num_tokens` tokens (see `selector.py`).
-
-    Per head of width c and token: in-projection c², score MLP c/2·c/2 (the local half) +
-    c/2·c/4 + c/4·2; per head once per image the context half's c/2·c/2; per token the
-    head-importance MLP H·H/2 + H/2·H (absent with a single head).
-    """
-    c, hidden = dim // num_heads, max(num_heads // 2, 1)
-    half = c // 2
-    per_head = c * c + half * half + half * (c // 4) + (c // 4) * 2
-    gate = 2 * num_heads * hidden if num_heads > 1 else 0
-    return num_tokens * (num_heads * per_head + gate) + num_heads * (c - half) * half
-
-
-def class_attention_macs(num_tokens, dim):
-    """MACs of EViT's score: keys of every token, the class token's query, and q·kᵀ."""
-    return num_tokens * dim * dim + dim * dim + num_tokens * dim
 
 
 def pool_macs(out_grid, in_dim, out_dim, non_spatial_tokens, kernel=3):
@@ -148,31 +135,30 @@ class Architecture:
     def pruning_macs(self):
         """Per pruning location: (scorer MACs, token-movement MACs).
 
-        Movement is the package token's weighted sum and, with `selection="matmul"`, the
-        permutation matmuls that sort tokens (and, for PiT, put them back on the grid);
-        `gather` moves tokens with TOPK_V2/GATHER, which cost no MACs.
+        Each is the method object's `step_macs` of the location (see the module docstring);
+        with `selection="matmul"` PiT's last location in a stage adds the permutation matmul
+        putting the stage's tokens back on the grid. `gather` moves tokens with
+        TOPK_V2/GATHER, which cost no MACs.
         """
         config = self.pruning
         if config is None:
             return (), ()
+        method = config.method_object
         plan, stages, scorer, movement = self.schedule(), self.block_stages, [], []
         for loc in config.locations:
             stage = self.stages[stages[loc]]
             same_stage = loc and stages[loc - 1] == stages[loc]
             n = plan[loc - 1][0] if same_stage else stage.num_patches
-            k, d, grid = plan[loc][0], stage.dim, stage.num_patches
-            if config.learned:
-                scorer.append(selector_macs(n, d, stage.heads))
-            elif config.method == "evit":
-                scorer.append(class_attention_macs(self.num_prefix_tokens + n + plan[loc][1], d))
-            else:
-                scorer.append(0)
-            moved = (n - k) * d if config.has_package else 0  # weighted sum of the dropped
+            packages_in = plan[loc][1] - config.has_package
+            d, grid, pit = stage.dim, stage.num_patches, len(self.stages) > 1
+            shape = StepShape(n, plan[loc][0], self.num_prefix_tokens, packages_in, d,
+                              stage.heads, config.selection, track_grid=pit)
+            scored, moved = method.step_macs(shape)
             if config.selection == "matmul":
-                moved += n * n * d  # permutation matmul sorting the tokens
                 later = [i for i in config.locations if i > loc and stages[i] == stages[loc]]
-                if len(self.stages) > 1 and not later:
+                if pit and not later:
                     moved += grid * grid * d  # PiT: the inverse permutation back to the grid
+            scorer.append(scored)
             movement.append(moved)
         return tuple(scorer), tuple(movement)
 
@@ -461,7 +447,8 @@ def _define_flags():
     flags.DEFINE_integer("num_classes", None, "Classifier classes; default: the model's.")
     flags.DEFINE_list("tokens", [], "Tokens each block processes, prefix tokens included.")
     flags.DEFINE_bool("params", True, "Also build the model and count its parameters.")
-    flags.DEFINE_string("pruning", "none", "Pruning method to price: none, spvit, hard, evit, static.")
+    flags.DEFINE_string("pruning", "none",
+                        f"Pruning method to price: none, {', '.join(method_names())}.")
     flags.DEFINE_list("pruning_locations", ["3", "6", "9"], "Blocks a selector sits before.")
     flags.DEFINE_list("keep_ratios", ["0.7", "0.49", "0.343"], "Cumulative keep ratio per location.")
     flags.DEFINE_string("selection", "gather", "gather (TOPK_V2) or matmul (GPU-delegate friendly).")

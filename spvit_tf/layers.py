@@ -1,8 +1,10 @@
 """Transformer building blocks in `keras.ops`, shared by every model family.
 
 Every block takes an optional `keep_mask` (batch, tokens) so the token pruning code can mask
-dropped tokens out of attention during training while keeping shapes static, and every block
-works on any sequence length so inference can run it on gathered token subsets.
+dropped tokens out of attention during training while keeping shapes static, and optional
+`key_weights` (batch, tokens) for ToMe's proportional attention (a merged token counts as
+many keys as it stands for); every block works on any sequence length so inference can run
+it on gathered token subsets.
 """
 
 import keras
@@ -56,22 +58,41 @@ class LayerNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon, "param_axes": self.param_axes}
 
 
-def masked_softmax(logits, keep_mask):
+def masked_softmax(logits, keep_mask, key_weights=None):
     """Softmax over the last axis restricted to kept keys.
 
     `logits` is (batch, heads, queries, keys); `keep_mask` is (batch, keys) with values in
     {0, 1} (possibly carrying straight-through gradients). Each query always keeps itself as a
     key, so the row of a dropped query stays finite. The mask multiplies the exponentials
     instead of adding -inf to the logits, so gradients reach the mask (DynamicViT's form).
+    `key_weights` (batch, keys), positive, further multiply the exponentials: ToMe's
+    proportional attention, where a key standing for s merged tokens counts s times.
     """
     num_tokens = logits.shape[-1]
     mask = ops.cast(keep_mask, logits.dtype)[:, None, None, :]
     eye = ops.eye(num_tokens, dtype=logits.dtype)[None, None]
     mask = mask + (1.0 - mask) * eye
+    if key_weights is not None:
+        mask = mask * ops.cast(key_weights, logits.dtype)[:, None, None, :]
     logits = logits - ops.max(logits, axis=-1, keepdims=True)
     weights = ops.exp(logits) * mask
     total = ops.sum(weights, axis=-1, keepdims=True)
     return (weights + _MASK_EPS / num_tokens) / (total + _MASK_EPS)
+
+
+def attention_weights(logits, keep_mask=None, key_weights=None):
+    """Attention weights over the keys: softmax, masked (`masked_softmax`) and/or weighted.
+
+    Without a mask, `key_weights` w enter as softmax(logits + log w): the same numbers as
+    multiplying the exponentials by w, in one SOFTMAX (reshapes, not new axes: the TFLite GPU
+    delegate rejects strided slices that add axes).
+    """
+    if keep_mask is not None:
+        return masked_softmax(logits, keep_mask, key_weights)
+    if key_weights is not None:
+        log_w = ops.log(ops.cast(key_weights, logits.dtype))
+        logits = logits + ops.reshape(log_w, (-1, 1, 1, logits.shape[-1]))
+    return ops.softmax(logits, axis=-1)
 
 
 @keras.saving.register_keras_serializable("spvit_tf")
@@ -97,7 +118,9 @@ class Attention(keras.layers.Layer):
         self.qkv.build(input_shape)
         self.proj.build(input_shape[:-1] + (self.dim,))
 
-    def call(self, x, keep_mask=None, training=None):
+    def call(self, x, keep_mask=None, training=None, key_weights=None):
+        """`keep_mask` (B, N) masks dropped keys out (`masked_softmax`); `key_weights` (B, N)
+        weight the keys (ToMe's token sizes: proportional attention)."""
         num_tokens = x.shape[1]
         qkv = self.qkv(x)
 
@@ -108,11 +131,8 @@ class Attention(keras.layers.Layer):
 
         q, k, v = heads(0), heads(self.dim), heads(2 * self.dim)
         logits = ops.matmul(q * (self.head_dim**-0.5), ops.transpose(k, (0, 1, 3, 2)))
-        if keep_mask is None:
-            weights = ops.softmax(logits, axis=-1)
-        else:
-            weights = masked_softmax(logits, keep_mask)
-        weights = self.attn_drop(weights, training=training)
+        weights = self.attn_drop(attention_weights(logits, keep_mask, key_weights),
+                                 training=training)
         out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
         out = ops.reshape(out, (-1, num_tokens, self.dim))
         return self.proj_drop(self.proj(out), training=training)
@@ -213,10 +233,11 @@ class Block(keras.layers.Layer):
         for layer in (self.norm1, self.attn, self.norm2, self.mlp):
             layer.build(input_shape)
 
-    def call(self, x, keep_mask=None, training=None):
-        x = x + self.drop_path(
-            self.attn(self.norm1(x), keep_mask=keep_mask, training=training), training=training
+    def call(self, x, keep_mask=None, training=None, key_weights=None):
+        attended = self.attn(
+            self.norm1(x), keep_mask=keep_mask, training=training, key_weights=key_weights
         )
+        x = x + self.drop_path(attended, training=training)
         return x + self.drop_path(self.mlp(self.norm2(x), training=training), training=training)
 
     def get_config(self):

@@ -20,13 +20,15 @@ import pathlib
 from absl import app, flags
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.pruning.methods import get_method, method_names
 from spvit_tf.workdir import atomic_write, read_run
 
 BEGIN, END = "<!-- results:start -->", "<!-- results:end -->"
-METHOD_ORDER = ("dense", "spvit", "hard", "evit", "static")
-METHOD_LABEL = {"dense": "teacher (dense)", "spvit": "SPViT (ours)",
-                "hard": "hard drop (DynamicViT-style)", "evit": "EViT (CLS attention + fused token)",
-                "static": "static centre crop"}
+# The dense teacher first, then the pruning methods in registry order, named and drawn as
+# their method objects say.
+METHOD_ORDER = ("dense",) + method_names()
+METHOD_LABEL = {"dense": "teacher (dense)", **{m: get_method(m).label for m in method_names()}}
+METHOD_MARKER = {"dense": "*", **{m: get_method(m).marker for m in method_names()}}
 
 
 @dataclasses.dataclass
@@ -175,7 +177,6 @@ def plot(runs, results_dir):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"dense": "*", "spvit": "o", "hard": "s", "evit": "^", "static": "D"}
     paths = []
     for what, ylabel, value in (
         ("top1", "top-1 (%)", lambda r, fmt: 100 * r.top1),
@@ -192,7 +193,7 @@ def plot(runs, results_dir):
                         continue
                     xs, ys = zip(*points)
                     label = METHOD_LABEL[method] + ("" if len(formats) == 1 else f", {fmt}")
-                    ax.plot(xs, ys, marker=markers[method],
+                    ax.plot(xs, ys, marker=METHOD_MARKER[method],
                             linestyle="-" if len(xs) > 1 and not reruns else "",
                             markersize=11 if method == "dense" else 7,
                             label=label + (", other seeds" if reruns else ""),

@@ -4,6 +4,7 @@ Modes:
   dense            train or fine-tune a dense model (a teacher, or a baseline)
   spvit | hard     fine-tune with learned token selectors against the dense teacher
   evit | static    fine-tune with the parameter-free baselines at the same schedule
+  tome             fine-tune with ToMe's training-free token merging at the same schedule
   search           SPViT's layer-to-phase search: selectors before every block, a short
                    training under a FLOPs budget, per-layer keep ratios merged into phases;
                    writes <workdir>/schedule.cfg to pass to the real run
@@ -26,9 +27,10 @@ import time
 from absl import app, flags, logging
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.pruning.methods import method_names
 
 FLAGS = flags.FLAGS
-MODES = ("dense", "spvit", "hard", "evit", "static", "search")
+MODES = ("dense", *method_names(), "search")
 
 flags.DEFINE_enum("mode", "spvit", MODES, "What to train (see the module docstring).")
 flags.DEFINE_string("model", None, "Registered model name, e.g. deit_small_patch16_224.")
@@ -466,9 +468,22 @@ class Trainer:
         return tf.train.latest_checkpoint(self.checkpoint_dir)
 
     def save(self, step):
+        """Saves checkpoint `step`. A failed write (a full disk, no permission) is one line;
+        the checkpoint index still names the last complete checkpoint, as TF writes it last
+        and atomically."""
         import shutil
 
-        self.manager.save(checkpoint_number=step)
+        import tensorflow as tf
+
+        try:
+            self.manager.save(checkpoint_number=step)
+        except (tf.errors.OpError, OSError) as error:
+            text = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
+            first = " ".join(str(text).split())[:200]
+            raise SpvitError(
+                f"cannot write checkpoint {step} into {self.manager.directory}: {first}; free "
+                f"space or fix the folder and rerun the same command: the last checkpoint "
+                f"({self.latest_checkpoint()}) is intact") from None
         if not self.is_chief:
             shutil.rmtree(self.manager.directory, ignore_errors=True)
 

@@ -125,7 +125,7 @@ def visualize(workdir, images=(), num_images=6, output="token_keep.png"):
     config, pruner = model.pruner.config, model.pruner
     titles = [f"block {loc}: keep {k}/{g[0] * g[1]}"
               for loc, k, g in zip(config.locations, pruner.counts, pruner.grid_sizes)]
-    fate = "fused into the package token" if config.has_package else "discarded"
+    fate = config.method_object.fate
     note = (f"{pathlib.Path(workdir).name} ({config.method}): red = dropped at this selector, "
             f"{fate}; faded = dropped earlier")
     render(pixels, names, maps, titles, output, note)

@@ -8,9 +8,10 @@ import tensorflow as tf
 import spvit_tf
 from conftest import timm_fixture
 from spvit_tf.pruning import PruningConfig
+from spvit_tf.pruning.methods import method_names
 from spvit_tf.pruning.tokens import TokenState, package_token
 
-METHODS = ("spvit", "hard", "evit", "static")
+METHODS = method_names()
 # Small CIFAR-shaped backbones: 64 patch tokens (DeiT), grids 15/8/4 (PiT).
 VIT = dict(image_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=4, num_heads=3)
 PIT = dict(
@@ -244,7 +245,7 @@ def test_gpu_friendly_export_has_no_topk_or_gather():
 @pytest.mark.parametrize("bad,message", [
     (dict(locations=(3, 6), keep_ratios=(0.5,)), "one keep ratio per location"),
     (dict(locations=(6, 3), keep_ratios=(0.5, 0.4)), "strictly increasing"),
-    (dict(method="tome"), "unknown pruning method 'tome'"),
+    (dict(method="bogus"), "unknown pruning method 'bogus'"),
     (dict(keep_ratios=(0.7, 0.0, 0.3)), r"must lie in \(0, 1\]"),
     (dict(locations=(1, 2, 30)), "location 30 is outside blocks 0..3"),
     (dict(locations=(1, 2, 3), keep_ratios=(0.5, 0.6, 0.3)), "keep ratios are cumulative"),

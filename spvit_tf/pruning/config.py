@@ -3,8 +3,8 @@
 import dataclasses
 
 from spvit_tf.errors import SpvitError
+from spvit_tf.pruning.methods import get_method
 
-METHODS = ("spvit", "hard", "evit", "static")
 SELECTIONS = ("gather", "matmul")
 
 
@@ -12,17 +12,19 @@ SELECTIONS = ("gather", "matmul")
 class PruningConfig:
     """Token pruning schedule shared by every method, so results compare like for like.
 
-    - `method`: `spvit` (learned multi-head selector + package token), `hard` (same selector,
-      dropped tokens discarded, as DynamicViT), `evit` (no parameters: class-token attention
-      top-k + an attention-weighted fused token, as EViT), `static` (no selector: a fixed
-      centre subset, the floor a learned method must beat).
+    - `method`: the name of a registered method (`spvit_tf.pruning.methods`, one file each):
+      `spvit` (learned multi-head selector + package token), `hard` (same selector, dropped
+      tokens discarded, as DynamicViT), `evit` (no parameters: class-token attention top-k +
+      an attention-weighted fused token, as EViT), `static` (no selector: a fixed centre
+      subset, the floor a learned method must beat), `tome` (no parameters: similar tokens
+      merged by bipartite soft matching, as ToMe). `method_object` is the registered object.
     - `locations`: global block indices a selector sits before (for PiT, indices into the flat
       block list across stages).
     - `keep_ratios`: cumulative fraction of the original patch tokens kept from each location
       on (for PiT, of the patch tokens of the location's stage); non-increasing within a
       stage. At inference each becomes a fixed count `k = round(ratio * tokens)`.
-    - `selection`: `gather` (TOPK_V2 + GATHER) or `matmul` (rank comparisons and a one-hot
-      matmul: no TOPK_V2/GATHER ops, for the TFLite GPU delegate). Both give the same output.
+    - `selection`: `gather` (TOPK_V2 + GATHER) or `matmul` (rank comparisons and one-hot
+      matmuls: no TOPK_V2/GATHER ops, for the TFLite GPU delegate). Both give the same output.
     - `shared_head_mlps`: the selector's per-head MLPs share weights (the official code does,
       by accident of list construction) instead of having one set per head.
     - `gumbel_tau`: Gumbel-softmax temperature of the training decisions.
@@ -38,8 +40,7 @@ class PruningConfig:
     def __post_init__(self):
         object.__setattr__(self, "locations", tuple(int(i) for i in self.locations))
         object.__setattr__(self, "keep_ratios", tuple(float(r) for r in self.keep_ratios))
-        if self.method not in METHODS:
-            raise SpvitError(f"unknown pruning method {self.method!r}; choose one of {METHODS}")
+        get_method(self.method)  # an unknown name is a SpvitError naming the known ones
         if self.selection not in SELECTIONS:
             raise SpvitError(f"unknown selection {self.selection!r}; choose one of {SELECTIONS}")
         if len(self.locations) != len(self.keep_ratios):
@@ -82,11 +83,16 @@ class PruningConfig:
         return tuple(max(1, round(r * n)) for r, n in zip(self.keep_ratios, stage_tokens))
 
     @property
+    def method_object(self):
+        """The registered method object named by `method`."""
+        return get_method(self.method)
+
+    @property
     def learned(self):
         """Whether the method has a trainable selector (trained with Gumbel decisions)."""
-        return self.method in ("spvit", "hard")
+        return self.method_object.learned
 
     @property
     def has_package(self):
         """Whether dropped tokens are fused into an extra token instead of discarded."""
-        return self.method in ("spvit", "evit")
+        return self.method_object.has_package

@@ -1,4 +1,5 @@
-"""The token pruning method as a few functions over a `TokenState`, plus the `TokenPruner`.
+"""The token pruning machinery: a `TokenState` between blocks, the shared selection step and
+the `TokenPruner`, which asks its method object (`spvit_tf.pruning.methods`) for each step.
 
 A sequence is always laid out as [prefix (class/dist) | patches | package tokens]. Three
 modes share every function and weight:
@@ -11,7 +12,8 @@ modes share every function and weight:
   on shorter, static-shape sequences that export to TFLite.
 
 Dropped tokens bypass all later blocks (their values are frozen), which is what lets PiT
-put them back into its grid before pooling.
+put them back into its grid before pooling. Methods that merge tokens (ToMe) also carry each
+token's size, which later blocks' attention weights its keys by.
 """
 
 import dataclasses
@@ -21,16 +23,15 @@ from keras import ops
 
 from spvit_tf.errors import SpvitError
 from spvit_tf.pruning.config import PruningConfig
-from spvit_tf.pruning.selector import (
-    MultiHeadTokenSelector,
-    centre_priority,
-    class_attention_scores,
-)
+from spvit_tf.pruning.methods import get_method
+from spvit_tf.pruning.selector import MultiHeadTokenSelector
 
 MODES = ("gumbel", "mask", "gather")
 # Diagnostic rankings (`TokenPruner.ranking`): which tokens a gathered forward keeps, with the
-# model's own scores still weighting its package tokens.
+# model's own scores still weighting its package tokens. `centre` and `evit` rank by those
+# methods' scores.
 RANKINGS = ("own", "random", "inverted", "centre", "evit")
+_RANKING_METHODS = {"centre": "static", "evit": "evit"}
 # Keeps log(weight) finite for tokens with no weight (not dropped at this location).
 _PACKAGE_EPS = 1e-12
 
@@ -43,6 +44,11 @@ class TokenState:
     holds each current patch's position in its stage's grid. In gather mode with
     `track_grid` (PiT), tokens dropped so far are parked, frozen, in `parked` with their grid
     positions in `parked_index`, to be put back at the end of the stage.
+
+    `sizes` (B, n), None for all ones: how many original tokens each patch token stands for
+    (ToMe's merged tokens); prefix and package tokens have size 1. `order` (B, n), masked
+    modes only, None for grid order: each kept token's position in the sequence the gathered
+    graph would hold, so a masked step can split tokens exactly as the gathered one does.
     """
 
     x: object
@@ -53,6 +59,8 @@ class TokenState:
     parked: object = None
     parked_index: object = None
     track_grid: bool = False
+    sizes: object = None
+    order: object = None
 
     @classmethod
     def start(cls, x, num_prefix, num_patches, masked, track_grid=False):
@@ -75,6 +83,16 @@ class TokenState:
         ones = lambda count: ops.ones((batch, count), dtype=self.x.dtype)  # noqa: E731
         return ops.concatenate(
             [ones(self.num_prefix), self.keep, ones(self.num_packages)], axis=1
+        )
+
+    def key_weights(self):
+        """(B, T) attention key weights over the whole sequence (the sizes), or None."""
+        if self.sizes is None:
+            return None
+        batch = ops.shape(self.x)[0]
+        ones = lambda count: ops.ones((batch, count), dtype=self.x.dtype)  # noqa: E731
+        return ops.concatenate(
+            [ones(self.num_prefix), self.sizes, ones(self.num_packages)], axis=1
         )
 
     def full_grid_patches(self, selection="gather"):
@@ -132,11 +150,15 @@ def resolve_mode(pruner, training, mode=None):
 
 
 def run_block(block, state, training=None):
-    """Applies `block`; in the masked modes dropped tokens are masked out and left unchanged."""
+    """Applies `block`; in the masked modes dropped tokens are masked out and left unchanged.
+
+    With token sizes, every key is weighted by its size (proportional attention)."""
+    weights = state.key_weights()
+    extra = {} if weights is None else {"key_weights": weights}
     if state.keep is None:
-        return dataclasses.replace(state, x=block(state.x, training=training))
+        return dataclasses.replace(state, x=block(state.x, training=training, **extra))
     mask = state.key_mask()
-    y = block(state.x, keep_mask=mask, training=training)
+    y = block(state.x, keep_mask=mask, training=training, **extra)
     return dataclasses.replace(state, x=state.x + mask[:, :, None] * (y - state.x))
 
 
@@ -174,19 +196,27 @@ def top_k_mask(scores, keep, k):
     return ops.sum(one_hot(index, scores.shape[1], scores.dtype), axis=1)
 
 
-def rank_order(scores):
-    """Permutation matrix (B, n, n) sorting tokens by descending score, without TOPK_V2.
-
-    Ranks tokens by pairwise comparison (ties broken by position, as top-k does) so the
-    exported graph has neither TOPK_V2 nor GATHER, which the TFLite GPU delegate lacks.
-    """
+def descending_rank(scores):
+    """(B, n) -> each token's place in descending score order (0 = best), as exact small
+    integers in float; ties broken by position, as top-k does. Pairwise comparisons, no
+    TOPK_V2."""
     n = scores.shape[1]
     row, col = ops.arange(n)[:, None], ops.arange(n)[None, :]
     earlier = ops.cast(col < row, scores.dtype)[None]  # [i, j]: j comes before i
     pairs = scores[:, None, :], scores[:, :, None]
     ahead = (ops.cast(ops.greater(*pairs), scores.dtype)  # j beats i, or ties and comes first;
              + ops.cast(ops.equal(*pairs), scores.dtype) * earlier)  # float math: no LOGICAL_OR
-    rank = ops.sum(ahead, axis=-1)  # (B, n), exact small integers in float
+    return ops.sum(ahead, axis=-1)
+
+
+def rank_order(scores):
+    """Permutation matrix (B, n, n) sorting tokens by descending score, without TOPK_V2.
+
+    Ranks tokens by pairwise comparison (`descending_rank`) so the exported graph has neither
+    TOPK_V2 nor GATHER, which the TFLite GPU delegate lacks.
+    """
+    n = scores.shape[1]
+    rank = descending_rank(scores)
     return ops.cast(ops.equal(rank[:, None, :], ops.arange(n, dtype=scores.dtype)[None, :, None]),
                     scores.dtype)
 
@@ -224,12 +254,15 @@ class TokenPruner(keras.layers.Layer):
     """Owns a model's selectors and applies one pruning step before each location block.
 
     `dims`, `heads`, `stage_tokens` and `grid_sizes` describe, per location, the width, head
-    count, original patch-token count and grid of the stage the location is in.
+    count, original patch-token count and grid of the stage the location is in. Each step is
+    the config's method object's (`self.method.step`); selection methods come back to
+    `select`, the top-k step they share.
     """
 
     def __init__(self, pruning, dims, heads, stage_tokens, grid_sizes, **kwargs):
         super().__init__(**kwargs)
         self.config = PruningConfig.from_any(pruning)
+        self.method = self.config.method_object
         self.dims, self.heads = tuple(dims), tuple(heads)
         self.stage_tokens = tuple(stage_tokens)
         self.grid_sizes = tuple(tuple(g) for g in grid_sizes)
@@ -244,7 +277,7 @@ class TokenPruner(keras.layers.Layer):
                     self.dims, self.heads, self.locations, self.step_keep_fractions()
                 )
             ]
-            if self.config.learned
+            if self.method.learned
             else []
         )
         self.seed = keras.random.SeedGenerator(0)
@@ -290,22 +323,24 @@ class TokenPruner(keras.layers.Layer):
             previous = (grid, ratio)
         return fractions
 
+    def incoming(self, j):
+        """Patch tokens entering location `j` (static): the previous location's count in the
+        same stage, else the stage's whole grid."""
+        if j and self.grid_sizes[j - 1] == self.grid_sizes[j]:
+            return self.counts[j - 1]
+        return self.stage_tokens[j]
+
     def build(self, input_shape=None):
         for selector, dim in zip(self.selectors, self.dims):
             selector.build((None, None, dim))
         self.built = True
 
     def scores(self, j, state, block, mode):
-        """(log-probs or None, keep score (B, n)) for location `j`."""
-        if self.config.learned:
-            return self.selectors[j](state.patches, state.keep, log_probs=mode == "gumbel")
-        if self.config.method == "evit":
-            mask = None if state.keep is None else state.key_mask()
-            return None, class_attention_scores(
-                block, state.x, state.num_prefix, state.num_patches, mask
-            )
-        priority = centre_priority(self.grid_sizes[j])
-        return None, ops.take(priority, state.index)
+        """(log-probs or None, keep score (B, n)) for location `j` (selection methods)."""
+        if not hasattr(self.method, "scores"):
+            raise SpvitError(f"pruning method {self.method.name!r} merges tokens; it has no "
+                             "keep scores to select by")
+        return self.method.scores(self, j, state, block, mode)
 
     def diagnostic_ranking(self, j, state, block, scores):
         """The scores `self.ranking` keeps tokens by at location `j`, or None for the own.
@@ -320,14 +355,18 @@ class TokenPruner(keras.layers.Layer):
             return keras.random.uniform(ops.shape(scores), seed=self.seed)
         if self.ranking == "inverted":
             return -scores
-        if self.ranking == "centre":
-            return ops.take(centre_priority(self.grid_sizes[j]), state.index)
-        if self.ranking == "evit":
-            return class_attention_scores(block, state.x, state.num_prefix, state.num_patches)
+        if self.ranking in _RANKING_METHODS:
+            method = get_method(_RANKING_METHODS[self.ranking])
+            return method.scores(self, j, state, block, "gather")[1]
         raise SpvitError(f"unknown ranking {self.ranking!r}; choose one of {RANKINGS}")
 
     def step(self, j, state, block, mode, training=None):
         """Prunes `state` before the block of location `j` -> (new state, record for the loss)."""
+        return self.method.step(self, j, state, block, mode)
+
+    def select(self, j, state, block, mode):
+        """The selection methods' step: keeps the `counts[j]` best-scored tokens (masked
+        decisions, or gathered), fusing the rest into a package token if the method has one."""
         log_probs, scores = self.scores(j, state, block, mode)
         k, patches = self.counts[j], state.patches
         if mode == "gather":
@@ -335,12 +374,12 @@ class TokenPruner(keras.layers.Layer):
         if self.ranking != "own":
             raise SpvitError(f"ranking {self.ranking!r} is a diagnostic of the gathered "
                              f"forward pass, not of mode {mode!r}")
-        if mode == "gumbel" and self.config.learned:
+        if mode == "gumbel" and self.method.learned:
             decision = gumbel_keep(log_probs, self.config.gumbel_tau, self.seed) * state.keep
         else:
             decision = top_k_mask(scores, state.keep, k)
         x = state.x
-        if self.config.has_package:
+        if self.method.has_package:
             x = ops.concatenate([x, package_token(patches, scores * (state.keep - decision))], 1)
         record = {"decision": decision, "keep_score": scores}
         return dataclasses.replace(state, x=x, keep=decision), record
@@ -360,7 +399,7 @@ class TokenPruner(keras.layers.Layer):
             rows, index, _ = sort_tokens(rows, state.index, ranking, self.config.selection)
             tokens, ranked = rows[..., :-1], rows[..., -1]
         parts = [state.x[:, :P], tokens[:, :k], state.x[:, P + n :]]
-        if self.config.has_package:  # the dropped tail's scores, sliced in 3-D for the GPU
+        if self.method.has_package:  # the dropped tail's scores, sliced in 3-D for the GPU
             dropped = ops.reshape(ops.reshape(ranked, (-1, n, 1))[:, k:], (-1, n - k))
             parts.append(package_token(tokens[:, k:], dropped))
         parked, parked_index = state.parked, state.parked_index
