@@ -20,6 +20,7 @@ import pathlib
 from absl import app, flags
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.stats import decode_correct, paired_bootstrap, seed_summary
 from spvit_tf.pruning.methods import get_method, method_names
 from spvit_tf.workdir import atomic_write, read_run
 
@@ -43,6 +44,7 @@ class RunResult:
     examples: int
     keep_ratios: tuple = ()
     seed: int = 0
+    correct: object = None  # per-image top-1 correctness (numpy bool), where eval.json has it
     tflite: dict = dataclasses.field(default_factory=dict)  # format -> card
     latency_ms: dict = dataclasses.field(default_factory=dict)  # (format, threads) -> median
 
@@ -70,6 +72,8 @@ def read_runs(results_dir):
             budget_gflops=float(budget) if budget else None,
             gflops=result["gflops"], top1=result["eval_top1"], examples=result["eval_examples"],
             keep_ratios=tuple(result.get("keep_ratios", ())), seed=seed,
+            correct=(decode_correct(result["top1_correct"], result["eval_examples"])
+                     if "top1_correct" in result else None),
         ))
     if not runs:
         raise SpvitError(f"no training workdirs in {results_dir}; run results/<dataset>/run.sh")
@@ -133,6 +137,35 @@ def markdown_table(runs):
              "int8 top-1 of the int8 `.tflite` through the LiteRT interpreter on the same images; "
              "latency: median of the host benchmark (LiteRT, XNNPACK, batch 1) at 1 and 2 threads.")
     return "\n".join(lines) + "\n\n" + notes + "\n"
+
+
+def seeds_table(runs):
+    """Seed mean ± std of every method at every budget, and SPViT against each baseline at
+    the same budget on the same test images (paired bootstrap over images, seeds averaged;
+    `spvit_tf.stats`) where every run involved logged its per-image results. Empty when no
+    method has more than one seed and nothing can be paired."""
+    groups = {}
+    for r in runs:
+        if r.method != "dense":
+            groups.setdefault((r.method, r.budget_gflops), []).append(r)
+    rows = []
+    for (method, budget), group in groups.items():
+        summary = seed_summary([100 * r.top1 for r in group])
+        ours = groups.get(("spvit", budget))
+        paired = "–"
+        if method != "spvit" and ours and all(r.correct is not None for r in ours + group):
+            c = paired_bootstrap([r.correct for r in ours], [r.correct for r in group])
+            paired = f"{c.delta:+.2f} [{c.low:+.2f}, {c.high:+.2f}], P(≤ 0) = {c.p_not_better:.3f}"
+        rows.append((method, budget, summary, paired))
+    if all(s.count == 1 and p == "–" for _, _, s, p in rows):
+        return ""
+    lines = ["| method | budget GFLOPs | seeds | top-1 mean ± std | SPViT − method, same images "
+             "[95% CI] |", "|---|---|---|---|---|"]
+    for method, budget, summary, paired in rows:
+        lines.append(f"| {METHOD_LABEL[method]} | {_num(budget, '.3f')} | {summary.count} "
+                     f"| {summary.mean:.2f} ± {summary.std:.2f} | {paired} |")
+    return ("\n".join(lines) + "\n\nStd over seeds (sample std; 0 for one seed). The last column "
+            "resamples the test images 10,000 times, the same draw for both methods.\n")
 
 
 FILES_HEADER = """# {name}: shipped `.tflite` files
@@ -225,6 +258,9 @@ def report(results_dir, tflite_dirs, bench_json, readme=None, shipped=None):
     README.md when `shipped` is one of `tflite_dirs`); returns the Markdown table."""
     runs = attach_exports(read_runs(results_dir), tflite_dirs, bench_json)
     table = markdown_table(runs)
+    seeds = seeds_table(runs)
+    if seeds:
+        table += "\n" + seeds
     plots = plot(runs, results_dir)
     atomic_write(os.path.join(results_dir, "results.md"), table)
     if shipped:

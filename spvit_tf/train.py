@@ -45,7 +45,9 @@ flags.DEFINE_string("manual_dir", None, "TFDS manual_dir, e.g. holding the ILSVR
 flags.DEFINE_float("crop_ratio", 0.875, "Eval resize/crop ratio (DeiT 0.875; 1.0 for CIFAR).")
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and the final model go.")
 flags.DEFINE_integer("batch_size", 128, "Global batch size (all replicas).")
-flags.DEFINE_integer("epochs", 30, "Training epochs (ignored when --steps > 0).")
+flags.DEFINE_integer("epochs", 30, "Training epochs (ignored when --steps > 0); 0 with --steps=0 "
+                     "trains nothing: the run evaluates --checkpoint with the method (ToMe, "
+                     "EViT and static need no training).")
 flags.DEFINE_integer("steps", 0, "Training steps; overrides --epochs when > 0.")
 flags.DEFINE_float("lr", 5e-4, "Peak learning rate per 512 images (scaled by batch/512).")
 flags.DEFINE_float("min_lr", 1e-6, "Final learning rate of the cosine schedule.")
@@ -136,8 +138,11 @@ def check_flags():
             )
     if FLAGS.keep_ratios and (FLAGS.budget_gflops is not None or FLAGS.budget_ms is not None):
         raise SpvitError("give --keep_ratios or a budget (--budget_gflops/--budget_ms), not both")
-    if FLAGS.batch_size < 1 or FLAGS.epochs < 1 and FLAGS.steps < 1:
-        raise SpvitError("--batch_size and --epochs (or --steps) must be positive")
+    if FLAGS.batch_size < 1 or FLAGS.epochs < 0 or FLAGS.steps < 0:
+        raise SpvitError("--batch_size must be positive, --epochs and --steps not negative")
+    if not (FLAGS.epochs or FLAGS.steps) and FLAGS.mode in ("search", "spvit", "hard"):
+        raise SpvitError(f"--mode={FLAGS.mode} has selectors to train: give --epochs or --steps "
+                         "(--epochs=0 evaluates a training-free method, e.g. --mode=tome)")
     if FLAGS.freeze_backbone_steps and FLAGS.freeze_backbone_epochs:
         raise SpvitError("give --freeze_backbone_steps or --freeze_backbone_epochs, not both")
     if FLAGS.cpu_replicas and FLAGS.strategy != "mirrored":

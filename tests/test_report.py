@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from spvit_tf import bench_results, report, visualize
+from spvit_tf import bench_results, report, stats, visualize
 from spvit_tf.errors import SpvitError
 from spvit_tf.workdir import write_run
 from test_export import make_workdir
@@ -17,7 +17,7 @@ from test_export import make_workdir
 README = f"# title\n\nintro\n\n{report.BEGIN}\nold table\n{report.END}\n\ntail\n"
 
 
-def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0):
+def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0, correct=None):
     workdir = root / name
     (workdir / "final").mkdir(parents=True)
     write_run(workdir, {"model": "deit_tiny_patch16_224", "model_config": {}, "mode": mode})
@@ -25,7 +25,9 @@ def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0):
         f"--budget_gflops={budget}\n" if budget else ""))
     (workdir / "final" / "eval.json").write_text(json.dumps({
         "eval_top1": top1, "eval_examples": 10000, "gflops": gflops,
-        **({"keep_ratios": list(ratios)} if ratios else {})}))
+        **({"keep_ratios": list(ratios)} if ratios else {}),
+        **({"top1_correct": stats.encode_correct(correct), "eval_examples": len(correct)}
+           if correct is not None else {})}))
     return workdir
 
 
@@ -69,7 +71,11 @@ def table_rows(table):
 def test_report_table_numbers_come_from_the_logs(results):
     root, ship, bench, readme = results
     table = report.report(str(root), [str(ship)], str(bench), str(readme), shipped=str(ship))
-    rows = table_rows(table)
+    runs_table, seeds_head, seeds_table = table.partition("| method | budget GFLOPs | seeds |")
+    rows = table_rows(runs_table)
+    seeds = table_rows(seeds_head + seeds_table)
+    assert seeds["SPViT (ours)"] == ["0.050", "2", "78.68 ± 0.81", "–"]  # no per-image logs
+    assert seeds["EViT (CLS attention + fused token)"] == ["0.050", "1", "77.12 ± 0.00", "–"]
     assert list(rows)[1:] == ["teacher (dense)", "SPViT (ours)", "SPViT (ours), seed 1",
                               "EViT (CLS attention + fused token)"]  # header, then method order
     teacher, spvit, rerun, evit = (rows[k] for k in list(rows)[1:])
@@ -94,6 +100,25 @@ def test_report_table_numbers_come_from_the_logs(results):
     assert files["`cifar10_spvit_b050_gpu_fp32.tflite`"][1:] == [
         "fp32", "selection=matmul", "4.90", "–", "–", "9.90 / 4.95", "–"]
     assert len(files) == 5  # header + the four shipped files
+
+
+def test_seeds_table_pairs_spvit_with_each_baseline_on_the_same_images(tmp_path):
+    rng = np.random.default_rng(0)
+    base = rng.random(2000) < 0.75
+    better = base | (rng.random(2000) < 0.2)
+    root = tmp_path / "cifar10"
+    fake_run(root, "teacher", "dense", 0.8, 0.0836)
+    for seed in (0, 1):
+        fake_run(root, f"spvit_s{seed}", "spvit", better.mean(), 0.05, 0.05, seed=seed,
+                 correct=better)
+    fake_run(root, "hard", "hard", base.mean(), 0.05, 0.05, correct=base)
+    fake_run(root, "evit", "evit", 0.7, 0.05, 0.05)  # logged without per-image results
+    rows = table_rows(report.seeds_table(report.read_runs(root)))
+    gap = 100 * (better.mean() - base.mean())
+    ours, hard = rows["SPViT (ours)"], rows["hard drop (DynamicViT-style)"]
+    assert ours[1:3] == ["2", f"{100 * better.mean():.2f} ± 0.00"] and ours[3] == "–"
+    assert hard[3].startswith(f"{gap:+.2f} [") and hard[3].endswith("P(≤ 0) = 0.000")
+    assert rows["EViT (CLS attention + fused token)"][3] == "–"
 
 
 def test_report_refuses_incomplete_inputs(results, tmp_path):

@@ -230,6 +230,21 @@ def test_baselines_fine_tune_the_backbone_at_the_pruned_recipe_lr(tmp_path):
     np.testing.assert_allclose(logged, capped, rtol=1e-5, atol=1e-12)
 
 
+def test_a_training_free_method_runs_with_no_training_step(tmp_path):
+    """--epochs=0: the run evaluates the checkpoint with the method (ToMe needs no training),
+    so the report finds it like any other run."""
+    dense = tmp_path / "dense"
+    run([*TINY, *NO_AUG, "--mode=dense", "--steps=2", "--eval_examples=32", f"--workdir={dense}"])
+    workdir = tmp_path / "tome"
+    run([*TINY, "--mode=tome", "--epochs=0", "--pruning_locations=1,2", "--keep_ratios=0.7,0.49",
+         f"--checkpoint={dense}/final/model.weights.h5", "--eval_examples=64",
+         f"--workdir={workdir}"])
+    result = json.loads((workdir / "final" / "eval.json").read_text())
+    assert result["step"] == 0 and result["eval_examples"] == 64
+    assert result["gflops"] < result["dense_gflops"] and result["keep_ratios"] == [0.7, 0.49]
+    assert not [m for m in metrics(workdir) if "total" in m]
+
+
 def test_a_frozen_backbone_waits_then_learns_at_the_capped_rate(tmp_path):
     """SPViT's recipe: selectors alone for the first steps (backbone weights untouched), then
     the backbone at min(lr x backbone_lr_scale, the selectors' cosine at the same step)."""
@@ -405,6 +420,9 @@ def test_error_lines(tmp_path, demo):
                          "--latency_table=t.json"], ["--mode=dense has none"]),
         "workdir": ([*TINY, "--mode=dense", "--steps=2", f"--workdir={demo[0]}"],
                     ["holds a different run", "mode differ", "flags.txt"]),
+        "untrained_selectors": ([*spvit[:-2], "--steps=0", "--epochs=0", work,
+                                 "--keep_ratios=0.7,0.49"],
+                                ["--mode=spvit has selectors to train", "--mode=tome"]),
     }
     results = run_all([args for args, _ in cases.values()], check=False)
     for (name, (_, expected)), result in zip(cases.items(), results):
