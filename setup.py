@@ -25,5 +25,10 @@ setup(
         "ai-edge-quantizer>=0.10",
         "matplotlib>=3.7",  # report and visualize plots
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        # MediaPipe Tasks: the TFLite metadata schema the exporter writes with, and the app
+        # runtime the tests load the exported files in
+        "app": ["mediapipe==1.2.2"],
+        "test": ["pytest>=8", "mediapipe==1.2.2"],
+    },
 )

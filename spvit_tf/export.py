@@ -6,7 +6,10 @@
 
 Every format becomes `<output_dir>/<stem>_<format>.tflite` with a `.json` model card (the
 benchmarks read its "gflops") and a short `.md`; `labels.txt` holds the class names once. Files
-are static batch 1, TFLite builtin ops only (never Flex), and written atomically.
+are static batch 1, TFLite builtin ops only (never Flex), and written atomically. Each file
+carries TFLite model metadata (`spvit_tf.tflite.metadata`: name, description, input image spec
+and normalisation, `labels.txt` packed) that app runtimes such as MediaPipe's ImageClassifier
+read; without MediaPipe's schema classes the files have none and the cards say so.
 
 Formats:
   fp32       the graph as trained.
@@ -21,13 +24,18 @@ Formats:
              fails naming the ops; `<stem>_fpga_int8.fpga_report.json` lists every op.
 
 Input (--io): `uint8` (default) takes RGB bytes [1, H, W, 3] as decoded and cropped, `int8` the
-bytes minus 128, `float` the normalised image; with uint8/int8 the normalisation
-(x - mean) / std is inside the graph, so an app feeds camera pixels directly. fpga_int8 always
-takes int8. The models themselves have no DIV at inference (the selector and package token
-normalise with softmax(log w)): the int8 DIV kernel aborts when a divisor rounds to its zero
-point. `--gpu_friendly` adds
-`<stem>_gpu_{fp32,fp16}` built with `selection="matmul"` (no TOPK_V2/GATHER) and records, for
-every file, which ops the GPU delegate would leave to the CPU.
+bytes minus 128, `pixels` the bytes as float32 0-255, `float` the normalised image; except
+with `float` the normalisation (x - mean) / std is inside the graph, so an app feeds camera
+pixels directly. fpga_int8 always takes int8. The models themselves have no DIV at inference
+(the selector and package token normalise with softmax(log w)): the int8 DIV kernel aborts
+when a divisor rounds to its zero point.
+
+`--gpu_friendly` adds `<stem>_gpu_{fp32,fp16}` built with `selection="matmul"` (no
+TOPK_V2/GATHER) and records, for every file, which ops the GPU delegate would leave to the
+CPU. The GPU files take --gpu_io, default `pixels`: the delegate has no uint8 -> float32 CAST,
+so a byte input would leave the graph's first op to the CPU; and MediaPipe normalises a float
+input with one mean/std for all channels only, so the per-channel normalisation stays inside
+the graph and the metadata tells runtimes to feed the pixels unchanged (mean 0, std 1).
 """
 
 import collections
@@ -45,6 +53,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.tflite import metadata
 from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write, check_output_dir, read_run
 
 FORMATS = ("fp32", "fp16", "dynamic", "int8", "int16x8", "fpga_int8")
@@ -52,7 +61,7 @@ QUANTIZED = ("int8", "int16x8", "fpga_int8")  # activations quantized: calibrate
 GPU_FORMATS = ("fp32", "fp16")  # what the GPU delegate computes in
 # What the phone int8 format computes in int8: the ops with weights, nearly all the MACs.
 MOBILE_INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
-IO_TYPES = ("uint8", "int8", "float")
+IO_TYPES = ("uint8", "int8", "float", "pixels")
 # Max |TFLite - Keras| logit difference of the float exports on the parity images: over all
 # images for fp32, over the median image for fp16, whose float16 weights can flip a near-tied
 # token selection and so move one image's logits further (the card records the max too).
@@ -185,8 +194,9 @@ def serving_model(model, kind, mean, std):
     """`model` as a static batch-1 Keras graph on input `kind`.
 
     Batch 1 is fixed so TFLite needs no SHAPE/GATHER/PACK for the batch dimension. `kind`:
-    uint8/int8 (integer bytes, cast and normalised in the graph), `pixels` (float 0-255, for
-    quantized formats whose converter sets the integer I/O type) or `float` (normalised).
+    uint8/int8 (integer bytes, cast and normalised in the graph), `pixels` (float 0-255,
+    normalised in the graph; also what the quantized formats whose converter sets the integer
+    I/O type are built from) or `float` (normalised).
     """
     import keras
     from keras import ops
@@ -575,8 +585,15 @@ _FEED = {
     "int8": "RGB bytes minus 128 (int8); (x - mean) / std happens inside the graph",
     "pixels": "RGB bytes 0-255 quantized with the input's scale and zero point (1 and 0 for "
     "uint8, 1 and -128 for int8: the bytes themselves); (x - mean) / std happens inside the graph",
-    "float": "float32 (pixel - mean) / std",
+    "float": "float32 (pixel - mean) / std per channel of RGB pixels 0-255",
+    "float pixels": "RGB pixels 0-255 as float32, not normalised (the bytes converted to float); "
+    "(x - mean) / std happens inside the graph",
 }
+
+
+def _feed(kind, tensor):
+    """How to feed an input tensor of graph input `kind`, for cards and metadata."""
+    return _FEED["float pixels" if kind == "pixels" and tensor["dtype"] == "float32" else kind]
 
 
 def _tensor_spec(tensor):
@@ -584,7 +601,7 @@ def _tensor_spec(tensor):
 
 
 def model_card(*, stem, fmt, source, model, graph_name, content, graph, kind, checks, evaluation,
-               gpu=None):
+               tflite_metadata=None, gpu=None):
     """The JSON card of one exported file (read by people, apps and the benchmarks)."""
     from spvit_tf.flops import model_cost
 
@@ -607,7 +624,7 @@ def model_card(*, stem, fmt, source, model, graph_name, content, graph, kind, ch
         "input": {
             **_tensor_spec(graph.tensors[graph.inputs[0]]),
             "layout": "NHWC, RGB",
-            "feed": _FEED[kind],
+            "feed": _feed(kind, graph.tensors[graph.inputs[0]]),
             "value_range": [0, 255] if kind != "float" else None,
             "mean": source.mean.tolist(),
             "std": source.std.tolist(),
@@ -617,6 +634,7 @@ def model_card(*, stem, fmt, source, model, graph_name, content, graph, kind, ch
         "output": {**_tensor_spec(graph.tensors[graph.outputs[0]]),
                    "meaning": "class logits (softmax not applied)"},
         "labels": LABELS_FILE,
+        "tflite_metadata": tflite_metadata,
         "converter": _versions(fmt),
         "size_bytes": len(content),
         "ops": graph.op_counts(),
@@ -655,6 +673,7 @@ def card_markdown(card):
            if card["input"]["scale"] is not None else ""),
         f"- output: {card['output']['dtype']} {card['output']['shape']} logits; labels in "
         f"{card['labels']}",
+        metadata.card_line(card.get("tflite_metadata")),
     ]
     evaluation = card["evaluation"]
     if evaluation:
@@ -726,6 +745,7 @@ class Options:
     io: str = "uint8"
     output_dir: str = "tflite_models"
     gpu_friendly: bool = False
+    gpu_io: str = "pixels"  # the GPU delegate takes no uint8 input CAST (module doc)
     eval_data: str | None = None
     eval_examples: int = 500
     calibration_examples: int = 200
@@ -737,8 +757,9 @@ def check_options(options, source):
     if unknown or not options.formats:
         raise SpvitError(
             f"unknown format(s) {unknown or '(none)'}; choose from {', '.join(FORMATS)}")
-    if options.io not in IO_TYPES:
-        raise SpvitError(f"--io={options.io} is not one of {', '.join(IO_TYPES)}")
+    for flag, io_type in (("--io", options.io), ("--gpu_io", options.gpu_io)):
+        if io_type not in IO_TYPES:
+            raise SpvitError(f"{flag}={io_type} is not one of {', '.join(IO_TYPES)}")
     if options.eval_examples < 1 or options.calibration_examples < 1:
         raise SpvitError("--eval_examples and --calibration_examples must be at least 1")
     check_output_dir(options.output_dir, "--output_dir")
@@ -789,6 +810,8 @@ def export(source, options, log=print):
         # quantized uint8/int8 inputs take camera bytes with scale 1.
         calibration[0, 0, 0], calibration[0, 0, 1] = 0, 255
 
+    if metadata.load_schema() is None:
+        log(metadata.MISSING)
     mean, std = source.mean, source.std
     checked = Images(
         calibration, parity, keras_logits(model, parity, mean, std), images, labels,
@@ -796,15 +819,16 @@ def export(source, options, log=print):
     os.makedirs(options.output_dir, exist_ok=True)
     atomic_write(os.path.join(options.output_dir, LABELS_FILE), "\n".join(class_names) + "\n")
 
-    variants = [(source.name, model, "as trained", formats)]
+    variants = [(source.name, model, "as trained", formats, options.io)]
     if options.gpu_friendly:
         gpu_formats = [f for f in formats if f in GPU_FORMATS] or ["fp32"]
-        variants.append((f"{source.name}_gpu", gpu_twin(model), "selection=matmul", gpu_formats))
+        variants.append((f"{source.name}_gpu", gpu_twin(model), "selection=matmul", gpu_formats,
+                         options.gpu_io))
 
     cards = []
-    for stem, net, graph_name, variant_formats in variants:
+    for stem, net, graph_name, variant_formats, io_type in variants:
         for fmt in variant_formats:
-            card, files = _export_one(stem, fmt, net, options.io, source, checked,
+            card, files = _export_one(stem, fmt, net, io_type, source, checked, class_names,
                                       graph_name=graph_name, gpu_check=options.gpu_friendly)
             base = os.path.join(options.output_dir, f"{stem}_{fmt}")
             for suffix, data in files.items():
@@ -824,20 +848,22 @@ def _graph_inputs(pixels, kind, mean, std):
     return x if kind == "pixels" else (x - mean) / std
 
 
-def _export_one(stem, fmt, net, io_type, source, checked, graph_name, gpu_check):
-    """(card, {suffix: file content}) of one format; raises before anything is written."""
+def _export_one(stem, fmt, net, io_type, source, checked, class_names, graph_name, gpu_check):
+    """(card, {suffix: file content}) of one format; raises before anything is written.
+
+    The checks run on the file as written, metadata included."""
     import tensorflow as tf
 
     mean, std = source.mean, source.std
     kind = "pixels" if fmt == "fpga_int8" or (fmt == "int8" and io_type != "float") else io_type
+    integer_io = None
+    if fmt == "fpga_int8" or (fmt == "int8" and io_type in ("uint8", "int8")):
+        integer_io = tf.int8 if fmt == "fpga_int8" or io_type == "int8" else tf.uint8
     keras_graph = serving_model(net, kind, mean, std)
     if fmt == "int16x8":
         content = quantize_int16x8(convert(keras_graph, "fp32"),
                                    _graph_inputs(checked.calibration, kind, mean, std))
     elif fmt in ("int8", "fpga_int8"):
-        integer_io = None
-        if kind == "pixels":
-            integer_io = tf.int8 if fmt == "fpga_int8" or io_type == "int8" else tf.uint8
         content = convert(keras_graph, fmt, _graph_inputs(checked.calibration, kind, mean, std),
                           integer_io)
     else:
@@ -847,6 +873,11 @@ def _export_one(stem, fmt, net, io_type, source, checked, graph_name, gpu_check)
     graph.check_builtin(what)
     if fmt == "fpga_int8":
         _check_integer_only(graph, what)
+    feed = _feed(kind, graph.tensors[graph.inputs[0]])
+    content, metadata_entry = metadata.attach(content, metadata.for_export(
+        stem=stem, fmt=fmt, source=source, model=net, graph_name=graph_name,
+        input_tensor=graph.tensors[graph.inputs[0]], output_tensor=graph.tensors[graph.outputs[0]],
+        normalized_input=kind == "float", feed=feed, class_names=class_names))
     logits = run_tflite(content, checked.parity, kind, mean, std)
     per_image = np.abs(logits - checked.parity_logits).max(axis=1)
     worst = float(np.median(per_image) if fmt == "fp16" else per_image.max())
@@ -864,7 +895,7 @@ def _export_one(stem, fmt, net, io_type, source, checked, graph_name, gpu_check)
                 "median_abs_logit_diff": float(np.median(per_image)),
                 "tolerance": TOLERANCE.get(fmt),
                 "tolerance_applies_to": "median" if fmt == "fp16" else "max"},
-        evaluation=evaluation,
+        evaluation=evaluation, tflite_metadata=metadata_entry,
         gpu=gpu_compatibility(content, graph) if gpu_check else None)
     files = {".tflite": content, ".json": json.dumps(card, indent=2) + "\n",
              ".md": card_markdown(card)}
@@ -910,6 +941,7 @@ def _define_flags():
     flags.DEFINE_list("keep_ratios", ["0.7", "0.49", "0.343"], "--model only: keep ratios.")
     flags.DEFINE_list("formats", ["fp32"], f"Any of {', '.join(FORMATS)}.")
     flags.DEFINE_bool("gpu_friendly", False, "Also export _gpu fp32/fp16 with matmul selection.")
+    flags.DEFINE_string("gpu_io", "pixels", f"Input of the _gpu files: {', '.join(IO_TYPES)}.")
     flags.DEFINE_string("name", None, "File stem; default: the run's folder or the model name.")
     flags.DEFINE_string("output_dir", None, "Default: tflite_models/<name>.")
     flags.DEFINE_string("eval_data", None, "Evaluation (and, without a workdir, calibration) "
@@ -945,7 +977,7 @@ def main(argv):
     options = Options(
         formats=tuple(FLAGS.formats), io=FLAGS.io,
         output_dir=FLAGS.output_dir or os.path.join("tflite_models", source.name),
-        gpu_friendly=FLAGS.gpu_friendly, eval_data=FLAGS.eval_data,
+        gpu_friendly=FLAGS.gpu_friendly, gpu_io=FLAGS.gpu_io, eval_data=FLAGS.eval_data,
         eval_examples=FLAGS.eval_examples, calibration_examples=FLAGS.calibration_examples,
     )
     check_options(options, source)

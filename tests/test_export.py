@@ -1,4 +1,5 @@
-"""The exporter on a tiny trained-run stand-in: every format, its checks, cards and errors."""
+"""The exporter on a tiny trained-run stand-in: every format, its checks, cards, metadata and
+errors."""
 
 import json
 import os
@@ -34,6 +35,17 @@ def make_workdir(path, method="spvit"):
         "image_size": 32, "mean": MEAN, "std": STD, "crop_ratio": 1.0, "data": "cifar10_embedded",
     })
     return path
+
+
+def pruning_methods():
+    """Every registered pruning method, so that a new one is covered without editing a test."""
+    try:
+        from spvit_tf.pruning.methods import method_names
+    except ImportError:
+        from spvit_tf.pruning.config import METHODS
+
+        return tuple(METHODS)
+    return tuple(method_names())
 
 
 def run_cli(*flags):
@@ -87,6 +99,9 @@ def test_every_format_has_a_model_file_card_and_summary(exported):
     assert cards["int8"]["input"]["dtype"] == "uint8"
     assert (cards["int8"]["input"]["scale"], cards["int8"]["input"]["zero_point"]) == (1.0, 0)
     assert cards["fpga_int8"]["input"]["dtype"] == cards["fpga_int8"]["output"]["dtype"] == "int8"
+    # the GPU files take float pixels: the delegate has no uint8 input CAST
+    assert cards["gpu_fp32"]["input"]["dtype"] == cards["gpu_fp16"]["input"]["dtype"] == "float32"
+    assert cards["gpu_fp32"]["input"]["value_range"] == [0, 255]
     assert cards["gpu_fp32"]["gflops"] > cards["fp32"]["gflops"]  # matmul selection costs MACs
 
 
@@ -103,6 +118,9 @@ def test_float_exports_match_keras(exported):
     reference = export.keras_logits(model, pixels, source.mean, source.std)
     content = (out / "cifar_demo_fp32.tflite").read_bytes()
     logits = export.run_tflite(content, pixels, "uint8", source.mean, source.std)
+    np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=0)
+    content = (out / "cifar_demo_gpu_fp32.tflite").read_bytes()  # float pixels in
+    logits = export.run_tflite(content, pixels, "pixels", source.mean, source.std)
     np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=0)
 
 
@@ -168,9 +186,67 @@ def test_only_builtin_ops_and_gpu_variant_without_topk_or_gather(exported):
         assert "BATCH_MATMUL" in ops and not ops & {"TOPK_V2", "GATHER", "GATHER_ND"}, ops
         gpu = cards[name]["gpu"]
         assert any("looks compatible with GPU delegate" in line for line in gpu["analyzer"])
-        assert not any(key.startswith(("TOPK_V2", "GATHER")) for key in gpu["cpu_fallback"])
+        assert gpu["cpu_fallback"] == {} and gpu["compatible"], gpu["cpu_fallback"]
+        assert "every op delegated" in (out / f"cifar_demo_{name}.md").read_text()
     # the gather variant is the one that needs the CPU for selection
     assert any(key.startswith("TOPK_V2") for key in cards["fp32"]["gpu"]["cpu_fallback"])
+
+
+@pytest.mark.parametrize("method", ("dense",) + pruning_methods())
+def test_every_gpu_variant_of_every_method_runs_wholly_on_the_gpu_delegate(method):
+    """By the exporter's delegate rules, as its cards report them: no op left to the CPU."""
+    keras.utils.set_random_seed(0)
+    config = dict(VIT) if method == "dense" else dict(VIT, pruning=dict(PRUNING, method=method))
+    gpu = export.gpu_twin(spvit_tf.create_model("deit_tiny_patch16_224", **config))
+    graph = export.serving_model(gpu, export.Options(formats=("fp32",)).gpu_io,
+                                 np.float32(MEAN), np.float32(STD))
+    for fmt in export.GPU_FORMATS:
+        content = export.convert(graph, fmt)
+        verdict = export.gpu_compatibility(content, export.Graph.read(content))
+        assert verdict["cpu_fallback"] == {} and verdict["compatible"], \
+            (fmt, verdict["cpu_fallback"])
+
+
+def test_every_file_carries_tflite_metadata_with_the_packed_labels(exported):
+    from spvit_tf.tflite import metadata
+
+    if metadata.load_schema() is None:
+        pytest.skip(f"{metadata.SCHEMA_MODULE} not installed ({metadata.INSTALL})")
+    _, out, cards = exported
+    for name, card in cards.items():
+        meta = metadata.read((out / card["file"]).read_bytes())
+        assert meta["name"] == f"cifar_demo_{name}" and meta["min_parser_version"] == "1.0.0"
+        assert "spvit token pruning before blocks [1, 2, 3] keeping [0.75, 0.5, 0.25]" \
+            in meta["description"]
+        assert f"{card['gflops']:.4f} GFLOPs" in meta["description"]
+        assert meta["version"].startswith(spvit_tf.__version__ + "+weights.")
+        assert meta["files"] == {"labels.txt": (out / "labels.txt").read_bytes()}
+        assert meta["output"][0]["associated_files"] == {"labels.txt": "TENSOR_AXIS_LABELS"}
+        (image,) = meta["input"]
+        assert (image["content"], image["color_space"], image["size"]) == (
+            "ImageProperties", "RGB", [32, 32])
+        if name.startswith("gpu"):  # float pixels, normalised in the graph: identity for the app
+            assert image["normalization"] == {"mean": [0.0], "std": [1.0]}
+        else:  # integer bytes, normalised in the graph: nothing for the app to apply
+            assert image["normalization"] is None
+        assert card["tflite_metadata"]["written"], name
+        assert "TFLite metadata (min parser 1.0.0)" in (out / f"cifar_demo_{name}.md").read_text()
+
+
+def test_without_the_metadata_schema_the_files_have_none_and_say_so(tmp_path, monkeypatch):
+    from spvit_tf.tflite import metadata
+
+    monkeypatch.setattr(metadata, "load_schema", lambda: None)
+    workdir = make_workdir(tmp_path / "run")
+    lines = []
+    options = export.Options(formats=("fp32",), output_dir=str(tmp_path / "out"), eval_examples=8)
+    (card,) = export.export(export.source_from_workdir(str(workdir)), options, log=lines.append)
+    assert [line for line in lines if "metadata" in line] == [metadata.MISSING]
+    assert card["tflite_metadata"] == {"written": False, "reason": metadata.MISSING}
+    content = (tmp_path / "out" / "run_fp32.tflite").read_bytes()
+    assert metadata.metadata_bytes(content) is None and metadata.packed_files(content) == {}
+    card_md = (tmp_path / "out" / "run_fp32.md").read_text()
+    assert f"TFLite metadata: none ({metadata.MISSING})" in card_md
 
 
 def test_fpga_export_names_the_float_ops_it_cannot_remove(tmp_path):
@@ -194,6 +270,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
         (("--model=deit_tiny_patch16_224", f"--checkpoint={tmp_path / 'missing.h5'}"), "does not exist"),
         (("--model=deit_tiny_patch16_224", "--formats=int8"), "calibration images"),
         ((f"--workdir={workdir}", "--io=rgb"), "--io"),
+        ((f"--workdir={workdir}", "--gpu_io=rgb"), "--gpu_io"),
         ((f"--workdir={workdir}", "--eval_examples=0"), "eval_examples"),
     ]
     for flags, message in cases:

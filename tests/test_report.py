@@ -203,7 +203,7 @@ def test_readme_results_are_the_committed_logs():
                                  results / "bench" / "results.json")
     assert {r.method for r in runs} == {"dense", "spvit", "hard", "evit", "static"}
     assert len([r for r in runs if r.method == "spvit"]) >= 3
-    table = report.markdown_table(runs)
+    table = report.results_markdown(runs)
     readme = (REPO / "README.md").read_text()
     assert f"{report.BEGIN}\n{table}" in readme
     assert (results / "results.md").read_text() == table

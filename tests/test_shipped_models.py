@@ -29,6 +29,10 @@ def test_the_shipped_files_are_all_there():
         assert card["evaluation"]["examples"] == 10_000, card["file"]
         if card["export_format"] == "fpga_int8":
             assert card["float_islands"] == {} and card["input"]["dtype"] == "int8"
+        # what an app runtime reads from the file itself (MediaPipe: tests/test_app_runtime.py)
+        assert card["tflite_metadata"]["written"], card["file"]
+        if card["graph"] == "selection=matmul":  # the GPU files: float pixels, all delegated
+            assert card["input"]["dtype"] == "float32" and card["gpu"]["cpu_fallback"] == {}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +53,8 @@ def test_shipped_file_reaches_its_stated_accuracy(card_path, test_set):
     card = json.loads(card_path.read_text())
     pixels, labels = test_set
     content = card_path.with_suffix(".tflite").read_bytes()
-    # Every shipped file takes bytes: uint8 as is, int8 quantized with scale 1, zero point -128.
+    # Every shipped file takes the pixel values: uint8 bytes as is, int8 quantized with scale 1
+    # and zero point -128, float32 (the GPU files) as floats 0-255.
     logits = run_tflite(content, pixels, "uint8", mean=None, std=None)
     accuracy = float(np.mean(logits.argmax(1) == labels))
     assert abs(accuracy - card["evaluation"]["tflite_accuracy"]) <= 0.002, card["file"]
