@@ -7,14 +7,14 @@
 #   bash results/cifar10/teacher.sh status    # step, epoch, last eval, throughput
 #   bash results/cifar10/teacher.sh stop      # SIGTERM: the trainer saves a checkpoint and exits,
 #                                             # then the snapshot is refreshed
-#   bash results/cifar10/teacher.sh snapshot  # the latest checkpoint -> results/cifar10/teacher_snapshot
+#   bash results/cifar10/teacher.sh snapshot  # the latest checkpoint -> results/snapshots/cifar10_teacher
 #                                             # (replacing the previous one; commit it)
 #   bash results/cifar10/teacher.sh finish    # a finished run's logs and weights -> results/cifar10/teacher
 # TEACHER_WORKDIR overrides the workdir (default /work/runs/cifar10_teacher).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORKDIR=${TEACHER_WORKDIR:-/work/runs/cifar10_teacher}
-SNAPSHOT=results/cifar10/teacher_snapshot
+SNAPSHOT=results/snapshots/cifar10_teacher  # outside results/cifar10: the report reads every run there
 FINAL=results/cifar10/teacher
 CMD=(python -m spvit_tf.train --flagfile=configs/cifar10_teacher.cfg --workdir="$WORKDIR")
 
