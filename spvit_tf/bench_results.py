@@ -9,12 +9,11 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import pathlib
 import re
-import tempfile
 
 from spvit_tf.errors import SpvitError
+from spvit_tf.workdir import atomic_write
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed")
@@ -247,25 +246,6 @@ def model_gflops(models, flops_flag=()):
 # ---- writers ----
 
 
-def _atomic_write(path, text):
-    """Writes via a temporary file in the same folder so readers never see half a file; a
-    file-system error is re-raised naming `path` (see `spvit_tf.workdir.atomic_write`)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as error:
-        os.unlink(tmp)
-        if isinstance(error, OSError) and error.errno is not None:
-            raise OSError(error.errno, error.strerror, str(path)) from error
-        raise
-
-
 def _cell(value):
     if value is None or value == "":
         return "-"
@@ -341,7 +321,7 @@ def write_results(output_dir, rows, comparisons=(), meta=None):
     }
     paths = {ext: pathlib.Path(output_dir) / f"results.{ext}" for ext in texts}
     for ext, text in texts.items():
-        _atomic_write(paths[ext], text)
+        atomic_write(paths[ext], text)
     return paths
 
 

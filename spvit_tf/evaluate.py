@@ -120,11 +120,12 @@ def evaluate_workdir(workdir, data_spec=None, examples=0, batch_size=100, prunin
                               training=False, crop_ratio=run["crop_ratio"],
                               mean=run["mean"], std=run["std"],
                               subset_seed=0 if examples else None)
-    from spvit_tf.stats import encode_correct
+    from spvit_tf.stats import encode_correct, eval_order
 
     top1, top5, seen, correct = accuracy(model, dataset, examples, pruning_mode, per_image=True)
     result = {"top1": top1, "top5": top5, "examples": seen, "gflops": model_cost(model).gflops,
-              "top1_correct": encode_correct(correct)}
+              "top1_correct": encode_correct(correct),
+              "eval_order": eval_order(data_spec or run["data"], examples)}
     if model.pruner is not None:
         result["pruning_mode"] = pruning_mode or "gather"
         result["keep_ratios"] = list(model.pruner.config.keep_ratios)

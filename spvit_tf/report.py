@@ -45,6 +45,7 @@ class RunResult:
     keep_ratios: tuple = ()
     seed: int = 0
     correct: object = None  # per-image top-1 correctness (numpy bool), where eval.json has it
+    eval_order: str | None = None  # which images `correct` covers, in which order (stats.eval_order)
     tflite: dict = dataclasses.field(default_factory=dict)  # format -> card
     latency_ms: dict = dataclasses.field(default_factory=dict)  # (format, threads) -> median
 
@@ -74,6 +75,7 @@ def read_runs(results_dir):
             keep_ratios=tuple(result.get("keep_ratios", ())), seed=seed,
             correct=(decode_correct(result["top1_correct"], result["eval_examples"])
                      if "top1_correct" in result else None),
+            eval_order=result.get("eval_order"),
         ))
     if not runs:
         raise SpvitError(f"no training workdirs in {results_dir}; run results/<dataset>/run.sh")
@@ -142,7 +144,8 @@ def markdown_table(runs):
 def seeds_table(runs):
     """Seed mean ± std of every method at every budget, and SPViT against each baseline at
     the same budget on the same test images (paired bootstrap over images, seeds averaged;
-    `spvit_tf.stats`) where every run involved logged its per-image results. Empty when no
+    `spvit_tf.stats`) where every run involved logged its per-image results over the same
+    images in the same order (`eval_order`). Empty when no
     method has more than one seed and nothing can be paired."""
     groups = {}
     for r in runs:
@@ -153,7 +156,9 @@ def seeds_table(runs):
         summary = seed_summary([100 * r.top1 for r in group])
         ours = groups.get(("spvit", budget))
         paired = "–"
-        if method != "spvit" and ours and all(r.correct is not None for r in ours + group):
+        paired_runs = (ours or []) + group
+        if (method != "spvit" and ours and all(r.correct is not None for r in paired_runs)
+                and len({r.eval_order for r in paired_runs}) == 1):  # the same images, in order
             c = paired_bootstrap([r.correct for r in ours], [r.correct for r in group])
             paired = f"{c.delta:+.2f} [{c.low:+.2f}, {c.high:+.2f}], P(≤ 0) = {c.p_not_better:.3f}"
         rows.append((method, budget, summary, paired))

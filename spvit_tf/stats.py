@@ -22,6 +22,13 @@ def encode_correct(correct):
     return base64.b64encode(bits.tobytes()).decode("ascii")
 
 
+def eval_order(data_spec, examples):
+    """What fixes which images a per-image vector covers, in which order: the evaluation
+    source and the subset (`examples` > 0 takes the first of a seeded shuffle, 0 every image
+    in file order). Two vectors pair only when these match."""
+    return f"{data_spec}|examples={examples or 'all'}|order={'shuffled:0' if examples else 'files'}"
+
+
 def decode_correct(text, count):
     """The inverse of `encode_correct` for `count` images."""
     bits = np.frombuffer(base64.b64decode(text), dtype=np.uint8)

@@ -27,7 +27,7 @@ import time
 from absl import app, flags, logging
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
-from spvit_tf.pruning.methods import method_names
+from spvit_tf.pruning.methods import get_method, method_names
 
 FLAGS = flags.FLAGS
 MODES = ("dense", *method_names(), "search")
@@ -140,9 +140,15 @@ def check_flags():
         raise SpvitError("give --keep_ratios or a budget (--budget_gflops/--budget_ms), not both")
     if FLAGS.batch_size < 1 or FLAGS.epochs < 0 or FLAGS.steps < 0:
         raise SpvitError("--batch_size must be positive, --epochs and --steps not negative")
-    if not (FLAGS.epochs or FLAGS.steps) and FLAGS.mode in ("search", "spvit", "hard"):
-        raise SpvitError(f"--mode={FLAGS.mode} has selectors to train: give --epochs or --steps "
-                         "(--epochs=0 evaluates a training-free method, e.g. --mode=tome)")
+    if not (FLAGS.epochs or FLAGS.steps):
+        if FLAGS.mode == "search" or FLAGS.mode != "dense" and get_method(FLAGS.mode).learned:
+            raise SpvitError(f"--mode={FLAGS.mode} has selectors to train: give --epochs or "
+                             "--steps (--epochs=0 evaluates a training-free method, e.g. --mode=tome)")
+        if not FLAGS.checkpoint:
+            raise SpvitError("--epochs=0 evaluates --checkpoint with the method and trains nothing: "
+                             "pass the weights to evaluate as --checkpoint")
+    if FLAGS.freeze_backbone_steps < 0 or FLAGS.freeze_backbone_epochs < 0:
+        raise SpvitError("--freeze_backbone_steps/--freeze_backbone_epochs must not be negative")
     if FLAGS.freeze_backbone_steps and FLAGS.freeze_backbone_epochs:
         raise SpvitError("give --freeze_backbone_steps or --freeze_backbone_epochs, not both")
     if FLAGS.cpu_replicas and FLAGS.strategy != "mirrored":
@@ -497,7 +503,7 @@ class Trainer:
         and with selectors "backbone_lr" (0 while the backbone is frozen)}."""
         rates = {"lr": float(self.optimizers[-1].learning_rate)}
         if len(self.optimizers) > 1:
-            frozen = step <= self.frozen_steps
+            frozen = step < self.frozen_steps  # the rate of the next step, as "lr" is
             rates["backbone_lr"] = 0.0 if frozen else float(self.optimizers[0].learning_rate)
         return rates
 
@@ -564,14 +570,16 @@ def train(strategy, run, train_split, eval_split):
     trainer = Trainer(strategy, run, len(train_split))
     trainer.checkpoint.restore(trainer.latest_checkpoint()).expect_partial()
     step = int(trainer.step.numpy())  # a MirroredVariable has no __int__
+    metrics_path = os.path.join(FLAGS.workdir, "metrics.jsonl")
     if step:
         print(f"resuming {FLAGS.workdir} from step {step} ({trainer.latest_checkpoint()})")
+    if trainer.is_chief:
+        trim_log(metrics_path, step)
     augment = augment_from_flags()
     geometry = dict(image_size=run["image_size"], crop_ratio=FLAGS.crop_ratio)
     eval_data = data.to_dataset(eval_split, batch_size=FLAGS.batch_size, training=False,
                                 subset_seed=0 if FLAGS.eval_examples else None, **geometry)
     signal.signal(signal.SIGTERM, _request_stop)
-    metrics_path = os.path.join(FLAGS.workdir, "metrics.jsonl")
     chief = trainer.is_chief  # only the chief writes logs and the final model
     writer = (tf.summary.create_file_writer(os.path.join(FLAGS.workdir, "tb")) if chief
               else tf.summary.create_noop_writer())
@@ -595,6 +603,20 @@ def train(strategy, run, train_split, eval_split):
                 "worker with the same command to resume"
             ) from None
     return _finish(trainer, run, eval_data, step, metrics_path)
+
+
+def trim_log(path, step):
+    """Drops the records of steps after `step` from the metrics log: a run killed between two
+    checkpoints logged steps that its resume repeats, and each step should appear once."""
+    from spvit_tf.workdir import atomic_write
+
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(kept))
 
 
 def _loop(trainer, strategy, train_split, eval_data, augment, geometry, step, log):
@@ -655,7 +677,7 @@ def _finish(trainer, run, eval_data, step, metrics_path):
     """The final evaluation; the chief also writes the final model, eval.json and log line."""
     from spvit_tf.evaluate import accuracy
     from spvit_tf.flops import model_cost
-    from spvit_tf.stats import encode_correct
+    from spvit_tf.stats import encode_correct, eval_order
     from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write
 
     for optimizer, variables in trainer.groups:
@@ -667,6 +689,7 @@ def _finish(trainer, run, eval_data, step, metrics_path):
     result = {
         "step": step, "eval_top1": top1, "eval_top5": top5, "eval_examples": seen,
         "top1_correct": encode_correct(correct),
+        "eval_order": eval_order(run["data"], FLAGS.eval_examples),
         "gflops": cost.gflops,
         "dense_gflops": model_cost(run["model"], **dense_options(run["model_config"])).gflops,
     }

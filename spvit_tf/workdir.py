@@ -40,6 +40,8 @@ def atomic_write(path, data, mode="w"):
     try:
         with os.fdopen(fd, mode) as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
         os.replace(tmp, path)
     except BaseException as error:
         if os.path.exists(tmp):

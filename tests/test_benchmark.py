@@ -263,7 +263,7 @@ def test_failed_writes_keep_the_old_files(tmp_path, monkeypatch):
     def no_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(bench_results.os, "replace", no_replace)
+    monkeypatch.setattr(os, "replace", no_replace)  # what atomic_write renames with
     with pytest.raises(OSError, match="disk full"):
         bench_results.write_results(tmp_path, [row("dense", 41.0)])
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == before

@@ -39,12 +39,8 @@ def make_workdir(path, method="spvit"):
 
 def pruning_methods():
     """Every registered pruning method, so that a new one is covered without editing a test."""
-    try:
-        from spvit_tf.pruning.methods import method_names
-    except ImportError:
-        from spvit_tf.pruning.config import METHODS
+    from spvit_tf.pruning.methods import method_names
 
-        return tuple(METHODS)
     return tuple(method_names())
 
 

@@ -17,7 +17,8 @@ from test_export import make_workdir
 README = f"# title\n\nintro\n\n{report.BEGIN}\nold table\n{report.END}\n\ntail\n"
 
 
-def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0, correct=None):
+def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0, correct=None,
+             order="cifar10|examples=all|order=files"):
     workdir = root / name
     (workdir / "final").mkdir(parents=True)
     write_run(workdir, {"model": "deit_tiny_patch16_224", "model_config": {}, "mode": mode})
@@ -26,8 +27,8 @@ def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0, cor
     (workdir / "final" / "eval.json").write_text(json.dumps({
         "eval_top1": top1, "eval_examples": 10000, "gflops": gflops,
         **({"keep_ratios": list(ratios)} if ratios else {}),
-        **({"top1_correct": stats.encode_correct(correct), "eval_examples": len(correct)}
-           if correct is not None else {})}))
+        **({"top1_correct": stats.encode_correct(correct), "eval_examples": len(correct),
+            "eval_order": order} if correct is not None else {})}))
     return workdir
 
 
@@ -113,12 +114,15 @@ def test_seeds_table_pairs_spvit_with_each_baseline_on_the_same_images(tmp_path)
                  correct=better)
     fake_run(root, "hard", "hard", base.mean(), 0.05, 0.05, correct=base)
     fake_run(root, "evit", "evit", 0.7, 0.05, 0.05)  # logged without per-image results
+    fake_run(root, "static", "static", base.mean(), 0.05, 0.05, correct=base,
+             order="cifar10|examples=2000|order=shuffled:0")  # other images: not paired
     rows = table_rows(report.seeds_table(report.read_runs(root)))
     gap = 100 * (better.mean() - base.mean())
     ours, hard = rows["SPViT (ours)"], rows["hard drop (DynamicViT-style)"]
     assert ours[1:3] == ["2", f"{100 * better.mean():.2f} ± 0.00"] and ours[3] == "–"
     assert hard[3].startswith(f"{gap:+.2f} [") and hard[3].endswith("P(≤ 0) = 0.000")
     assert rows["EViT (CLS attention + fused token)"][3] == "–"
+    assert rows["static centre crop"][3] == "–"
 
 
 def test_report_refuses_incomplete_inputs(results, tmp_path):

@@ -257,7 +257,8 @@ def test_a_frozen_backbone_waits_then_learns_at_the_capped_rate(tmp_path):
     logged = [m for m in metrics(tmp_path) if "lr" in m]
     cosine = [peak * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in (1, 2, 3, 4)]
     np.testing.assert_allclose([m["lr"] for m in logged], cosine, rtol=1e-5, atol=1e-12)
-    want = [0.0, 0.0, min(0.5 * peak, cosine[2]), min(0.5 * peak, cosine[3])]
+    # Each logged rate is the next step's: the backbone's third step is its first.
+    want = [0.0, min(0.5 * peak, cosine[1]), min(0.5 * peak, cosine[2]), min(0.5 * peak, cosine[3])]
     np.testing.assert_allclose([m["backbone_lr"] for m in logged], want, rtol=1e-5, atol=1e-12)
 
 

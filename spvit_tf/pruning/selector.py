@@ -219,9 +219,10 @@ def class_attention_scores(block, tokens, num_prefix, num_patches, key_mask=None
         weights = ops.softmax(logits, axis=-1)
     else:
         weights = masked_softmax(logits, key_mask)
-    # A 4-D slice and a reshape, not weights[:, :, 0, ...]: the GPU delegate lacks the
-    # axis-dropping STRIDED_SLICE that indexing lowers to.
-    return ops.reshape(ops.mean(weights[:, :, :, num_prefix : num_prefix + num_patches], axis=1),
+    # The class token's row as a 4-D slice and a reshape, not weights[:, :, 0, ...]: the GPU
+    # delegate lacks the axis-dropping STRIDED_SLICE that indexing lowers to. (With a key
+    # mask the softmax broadcasts to every query row, so the slice must keep only the first.)
+    return ops.reshape(ops.mean(weights[:, :, :1, num_prefix : num_prefix + num_patches], axis=1),
                        (-1, num_patches))
 
 
