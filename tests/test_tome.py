@@ -16,14 +16,8 @@ from spvit_tf.pruning.methods import get_method, method_names
 from spvit_tf.pruning.methods.tome import masked_merge_round, merge_round, merge_rounds
 from spvit_tf.pruning.tokens import TokenState, run_block
 
-# The tiny DeiT of tests/test_pruning.py: 64 patch tokens, 4 blocks of width 48, 3 heads.
-VIT = dict(image_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=4, num_heads=3)
-PIT = dict(
-    image_size=32, patch_size=4, stride=2, num_classes=10, base_dims=(16, 16, 16),
-    depth=(2, 2, 2), heads=(1, 2, 4),
-)
-VIT_PRUNING = dict(locations=(1, 2, 3), keep_ratios=(0.75, 0.5, 0.25))
-PIT_PRUNING = dict(locations=(1, 2, 3, 5), keep_ratios=(0.6, 0.75, 0.5, 0.5))
+from test_pruning import PIT, PIT_PRUNING, VIT, VIT_PRUNING  # the tiny DeiT and PiT
+
 DEIT_SCHEDULE = dict(locations=(3, 6, 9), keep_ratios=(0.7, 0.49, 0.343))
 GPU_REJECTED = {"TOPK_V2", "GATHER", "GATHER_ND", "ARG_MAX"}
 
