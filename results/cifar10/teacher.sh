@@ -9,7 +9,8 @@
 #                                             # then the snapshot is refreshed
 #   bash results/cifar10/teacher.sh snapshot  # the latest checkpoint -> results/snapshots/cifar10_teacher
 #                                             # (replacing the previous one; commit it)
-#   bash results/cifar10/teacher.sh finish    # a finished run's logs and weights -> results/cifar10/teacher
+#   bash results/cifar10/teacher.sh finish    # a finished run's logs and weights -> results/cifar10/teacher;
+#                                             # the runs built on the previous teacher are removed
 # TEACHER_WORKDIR overrides the workdir (default /work/runs/cifar10_teacher).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -67,6 +68,12 @@ case ${1:-} in
     mkdir -p "$FINAL/final"
     cp "$WORKDIR/run.json" "$WORKDIR/flags.txt" "$WORKDIR/metrics.jsonl" "$FINAL/"
     cp "$WORKDIR/final/eval.json" "$WORKDIR/final/model.weights.h5" "$FINAL/final/"
-    echo "copied the finished teacher into $FINAL" ;;
+    echo "copied the finished teacher into $FINAL"
+    # Every fine-tune, export and benchmark under results/cifar10 came from the previous
+    # teacher: they go (git history keeps them), so run.sh rebuilds them from this one.
+    for stale in results/cifar10/*/; do
+      [[ $stale == "$FINAL/" ]] && continue
+      rm -rf "$stale"; echo "removed stale $stale"
+    done ;;
   *) echo "usage: bash results/cifar10/teacher.sh start|status|stop|snapshot|finish" >&2; exit 2 ;;
 esac
