@@ -10,7 +10,9 @@ run fails. A backend that fails on the phone becomes a "failed" row with the too
 and the remaining runs go on; once the results are written, any failed row makes the exit
 status 1 (unless --allow_failures), so that a script does not read it as measured. Results
 use the schema of `spvit_tf.bench_results`, the same as the host benchmark; each run's full
-output is kept in logs/ (op profiles land there).
+output is kept in logs/. With --op_profiling each row also carries its per-op profile
+(`spvit_tf.tflite.profile`: time by op type and by block/selector), in results.md/.json and
+profile.csv.
 Needs only Python, absl-py and adb: no TensorFlow.
 """
 
@@ -30,16 +32,11 @@ except ImportError:  # running from a checkout where spvit_tf is not installed
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from spvit_tf import bench_results
 from spvit_tf.errors import SpvitError, run_cli
+from spvit_tf.tflite.profile import BACKEND_FLAGS, PROFILE_FLAGS, parse_op_profile, summarise
 from spvit_tf.workdir import check_output_dir
 
 REMOTE_DIR = "/data/local/tmp/spvit_bench"
 REMOTE_BINARY = f"{REMOTE_DIR}/benchmark_model"
-BACKEND_FLAGS = {
-    "cpu": ["--use_xnnpack=true"],
-    "xnnpack_off": ["--use_xnnpack=false"],
-    "gpu": ["--use_gpu=true"],
-    "nnapi": ["--use_nnapi=true"],
-}
 PER_THREAD_BACKENDS = ("cpu", "xnnpack_off")
 DEVICE_PROPS = (
     "ro.product.model",
@@ -66,7 +63,8 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("runs", 50, "benchmark_model --num_runs (a minimum: it also runs >= 1 s).")
 flags.DEFINE_integer("warmup_runs", 10, "benchmark_model --warmup_runs.")
-flags.DEFINE_bool("op_profiling", False, "Per-op profile into logs/ (slows the timed runs).")
+flags.DEFINE_bool("op_profiling", False, "Per-op profile (benchmark_model's op profiler): a table by op "
+                  "type and block/selector in results.md/.json and profile.csv; slows the timed runs.")
 flags.DEFINE_bool("memory", False, "Also sample the peak memory footprint (adds a thread).")
 flags.DEFINE_list("flops", [], "Optional name:gflops pairs; default: each model's <model>.json.")
 flags.DEFINE_integer("timeout_s", 600, "Limit for one benchmark_model run, in seconds.")
@@ -253,6 +251,9 @@ def run_one(adb, row, remote_model, extra_flags, timeout_s, log_path):
         return row
     for name, value in parse_output(text).items():
         setattr(row, name, value)
+    ops = parse_op_profile(text)
+    if ops:
+        row.profile = summarise(ops)
     return row
 
 
@@ -336,7 +337,7 @@ def main(argv):
 
     extra_flags = [f"--num_runs={FLAGS.runs}", f"--warmup_runs={FLAGS.warmup_runs}"]
     if FLAGS.op_profiling:
-        extra_flags.append("--enable_op_profiling=true")
+        extra_flags += PROFILE_FLAGS
     if FLAGS.memory:
         extra_flags.append("--report_peak_memory_footprint=true")
     output_dir = pathlib.Path(FLAGS.output_dir)

@@ -15,7 +15,8 @@ import re
 from spvit_tf.errors import SpvitError
 from spvit_tf.workdir import atomic_write
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2 added the per-op `profile`; version-1 files still read (no profiles)
+READABLE_VERSIONS = (1, 2)
 STATUSES = ("ok", "failed")
 
 
@@ -48,6 +49,9 @@ class BenchResult:
     status: str = "ok"
     error: str = ""
     note: str = ""  # e.g. how many nodes a delegate took
+    # Per-op profile (`spvit_tf.tflite.profile.summarise`): one dict per (region, op type)
+    # with nodes, ms and share; None when the run was not profiled.
+    profile: list | None = None
 
     @classmethod
     def for_model(cls, model, **fields):
@@ -71,7 +75,9 @@ class BenchResult:
         return "mean_ms", self.mean_ms
 
 
-FIELDS = [field.name for field in dataclasses.fields(BenchResult)]
+FIELDS = [field.name for field in dataclasses.fields(BenchResult) if field.name != "profile"]
+PROFILE_FIELDS = ["model", "device", "backend", "num_threads", "region", "op_type", "delegate",
+                  "nodes", "ms", "share"]
 
 
 @dataclasses.dataclass
@@ -285,16 +291,46 @@ def format_markdown(rows, comparisons=()):
                 c.flops_ratio and f"{c.latency_ratio / c.flops_ratio:.3f}",  # 1.049 vs 1.05
             ]  # fmt: skip
             lines.append("| " + " | ".join(_cell(x) for x in cells) + " |")
+    for r in rows:
+        if r.profile:
+            lines += ["", *format_profile(r)]
     return "\n".join(lines) + "\n"
+
+
+def format_profile(row):
+    """Markdown lines of one row's per-op profile: time by op type, then by region."""
+    from spvit_tf.tflite.profile import totals  # pure Python, like this module
+
+    title = f"Per-op profile: {row.model}, {row.device}, {row.backend}, {row.num_threads} threads"
+    lines = [f"#### {title}", "", "| op type | nodes | ms | share |", "|---|---|---|---|"]
+    for op_type, nodes, ms, share in totals(row.profile, "op_type"):
+        lines.append(f"| {_cell(op_type)} | {nodes} | {ms:.3f} | {share:.1%} |")
+    lines += ["", "| block / selector | nodes | ms | share |", "|---|---|---|---|"]
+    for region, nodes, ms, share in totals(row.profile, "region"):
+        lines.append(f"| {region or 'unattributed'} | {nodes} | {ms:.3f} | {share:.1%} |")
+    return lines
 
 
 def format_csv(rows):
     """One CSV line per row, every schema field, empty cells for None."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: "" if v is None else v for k, v in dataclasses.asdict(row).items()})
+    return buffer.getvalue()
+
+
+def format_profile_csv(rows):
+    """Every profiled row's profile table, one CSV line per (row, region, op type)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=PROFILE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        for entry in row.profile or ():
+            writer.writerow({"model": row.model, "device": row.device, "backend": row.backend,
+                             "num_threads": row.num_threads,
+                             **{k: "" if v is None else v for k, v in entry.items()}})
     return buffer.getvalue()
 
 
@@ -310,7 +346,8 @@ def format_json(rows, comparisons=(), meta=None):
 
 
 def write_results(output_dir, rows, comparisons=(), meta=None):
-    """Writes results.md, results.csv and results.json atomically; returns their paths.
+    """Writes results.md, results.csv and results.json (and profile.csv when a row has a
+    per-op profile) atomically; returns their paths.
 
     All three are formatted before any is written, so bad data leaves the old set intact.
     """
@@ -320,6 +357,9 @@ def write_results(output_dir, rows, comparisons=(), meta=None):
         "json": format_json(rows, comparisons, meta),
     }
     paths = {ext: pathlib.Path(output_dir) / f"results.{ext}" for ext in texts}
+    if any(row.profile for row in rows):
+        texts["profile_csv"] = format_profile_csv(rows)
+        paths["profile_csv"] = pathlib.Path(output_dir) / "profile.csv"
     for ext, text in texts.items():
         atomic_write(paths[ext], text)
     return paths
@@ -328,9 +368,10 @@ def write_results(output_dir, rows, comparisons=(), meta=None):
 def read_results(path):
     """(rows, comparisons, meta) from a results.json, e.g. to merge host and phone runs."""
     document = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    if document.get("schema_version") != SCHEMA_VERSION:
+    if document.get("schema_version") not in READABLE_VERSIONS:
         raise SpvitError(
-            f"{path} has schema {document.get('schema_version')}, not {SCHEMA_VERSION}"
+            f"{path} has schema {document.get('schema_version')}, not one of "
+            f"{READABLE_VERSIONS}; rerun the benchmark with this version of spvit_tf"
         )
     rows = [BenchResult(**r) for r in document["results"]]
     comparisons = [Comparison(**c) for c in document["comparisons"]]

@@ -15,6 +15,11 @@ table ends with each later model's latency ratio next to its FLOPs ratio and the
 A model the runtime cannot run (an empty, truncated or corrupted file) becomes a failed row
 with its error, and the run exits with status 1 once the results are written, unless
 --allow_failures: a script or CI job must not read a broken model as benchmarked.
+
+--profile adds each row's per-op profile (time by op type and by block/selector, see
+`spvit_tf.tflite.profile`) from a host build of TFLite's benchmark_model given by
+--benchmark_model: the LiteRT Python interpreter has no per-op profiler. Profiling runs
+after the timed runs, in its own invokes, so it does not slow the timings.
 """
 
 import concurrent.futures
@@ -22,8 +27,10 @@ import datetime
 import multiprocessing
 import os
 import platform
+import pathlib
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -31,6 +38,7 @@ from absl import app, flags
 
 from spvit_tf import bench_results
 from spvit_tf.errors import SpvitError, run_cli
+from spvit_tf.tflite import profile
 from spvit_tf.workdir import check_output_dir
 
 BACKENDS = ("cpu", "xnnpack_off")
@@ -163,6 +171,49 @@ def run_all(models, threads, backends, runs, warmup, seed, rounds=1):
     return rows
 
 
+def check_profiler(path):
+    """The host benchmark_model binary that --profile runs, checked before any timing."""
+    if not path:
+        raise SpvitError(
+            "--profile needs a host build of TFLite's benchmark_model (the LiteRT Python "
+            "interpreter has no per-op profiler): download linux_x86-64_benchmark_model "
+            "(android_benchmark/README.md) and pass --benchmark_model=PATH"
+        )
+    binary = pathlib.Path(path).expanduser()
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        state = "is not an executable file" if binary.exists() else "does not exist"
+        raise SpvitError(f"--benchmark_model={path} {state}; pass the benchmark_model binary")
+    return binary
+
+
+def profile_rows(rows, binary, runs, warmup, timeout_s=600):
+    """Fills each measured row's `profile` from benchmark_model's op profiler; returns the
+    reasons rows could not be profiled (their timings stay)."""
+    problems = []
+    for row in rows:
+        if row.status != "ok":
+            continue
+        command = [
+            str(binary), f"--graph={row.model_path}", f"--num_threads={row.num_threads}",
+            *profile.BACKEND_FLAGS[row.backend], f"--num_runs={runs}", f"--warmup_runs={warmup}",
+            *profile.PROFILE_FLAGS,
+        ]  # fmt: skip
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+            output = result.stdout + result.stderr
+        except (OSError, subprocess.TimeoutExpired) as error:
+            problems.append(f"{row.model} {row.backend} t{row.num_threads}: {error}")
+            continue
+        ops = profile.parse_op_profile(output)
+        if result.returncode != 0 or not ops:
+            last = output.strip().splitlines()[-1:] or ["no output"]
+            problems.append(f"{row.model} {row.backend} t{row.num_threads}: benchmark_model "
+                            f"exit {result.returncode}, no op profile ({last[0][:200]})")
+            continue
+        row.profile = profile.summarise(ops)
+    return problems
+
+
 def main(argv):
     if len(argv) > 1:
         raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
@@ -177,9 +228,11 @@ def main(argv):
         raise SpvitError("pass --output_dir=DIR for results.md/.csv/.json")
     check_output_dir(FLAGS.output_dir, "--output_dir")
     gflops = bench_results.model_gflops(models, FLAGS.flops)
+    profiler = check_profiler(FLAGS.benchmark_model) if FLAGS.profile else None
 
     rows = run_all(models, threads, FLAGS.backends, FLAGS.runs, FLAGS.warmup, FLAGS.seed,
                    FLAGS.rounds)
+    unprofiled = profile_rows(rows, profiler, FLAGS.runs, FLAGS.warmup) if profiler else []
     comparisons = bench_results.cli_comparisons(rows, models, gflops, bool(FLAGS.flops))
     from ai_edge_litert import __version__ as litert_version
 
@@ -194,10 +247,15 @@ def main(argv):
         "seed": FLAGS.seed,
         "gflops": gflops,
     }
+    if profiler:
+        meta["profiler"] = str(profiler)
     paths = bench_results.write_results(FLAGS.output_dir, rows, comparisons, meta)
     print(bench_results.format_markdown(rows, comparisons), end="")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     failed = bench_results.failure_line(rows, FLAGS.output_dir)
+    if unprofiled:
+        failed = failed or (f"error: {len(unprofiled)} run(s) have no op profile: "
+                            f"{'; '.join(unprofiled)}")
     if failed and not FLAGS.allow_failures:
         print(failed, file=sys.stderr)
         return 1
@@ -220,6 +278,10 @@ def _define_flags():
     flags.DEFINE_string("output_dir", None, "Folder for results.md, results.csv and results.json.")
     flags.DEFINE_list("flops", [], "Optional name:gflops pairs; default: each model's <model>.json.")
     flags.DEFINE_integer("seed", 0, "Seed of the random inputs.")
+    flags.DEFINE_bool("profile", False, "Also record each row's per-op profile (by op type and "
+                      "block/selector) with --benchmark_model.")
+    flags.DEFINE_string("benchmark_model", None, "A host build of TFLite's benchmark_model, "
+                        "for --profile (e.g. linux_x86-64_benchmark_model).")
     flags.DEFINE_bool("allow_failures", False, "Exit 0 even when a run failed (its row still "
                       "records the error); by default any failed run is exit status 1.")
 

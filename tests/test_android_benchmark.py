@@ -115,6 +115,13 @@ elif shell[0].endswith("benchmark_model"):
           f"p95={base + 700:g}\n")
     if flags.get("enable_op_profiling") == "true":
         print("Operator-wise Profiling Info for Regular Benchmark Runs:")
+        print("============================== Run Order ==============================")
+        print("\t[node type]\t[start]\t[first]\t[avg ms]\t[%]\t[cdf%]\t[mem KB]\t[times called]\t[Name]")
+        print("\t FULLY_CONNECTED\t 0.000\t 3.000\t 3.000\t 75.000%\t 75.000%\t 0.000\t 1\t"
+              "[functional_1/deit_1/blocks_0_1/mlp_1/fc1_1/MatMul]:7")
+        print("\t GATHER\t 3.000\t 1.000\t 1.000\t 25.000%\t 100.000%\t 0.000\t 1\t"
+              "[functional_1/deit_1/GatherV2]:8")
+        print()
         print("Timings (microseconds): count=999 first=1 curr=1 min=1 max=1 avg=1 std=0")
         print("Memory (bytes): count=0")
     print(f"INFO: Inference timings in us: Init: 152500, First inference: {base * 1.5:g}, "
@@ -282,6 +289,9 @@ def test_profiling_and_memory_flags_reach_the_tool_and_parse(phone):
     assert [r.runs for r in rows] == [50, 50]
     assert rows[0].median_ms == pytest.approx(19.9)
     assert rows[0].note == "monitored peak footprint 35.5 MB"
+    assert [(p["region"], p["op_type"], p["ms"], p["share"]) for p in rows[0].profile] == [
+        ("block 0", "FULLY_CONNECTED", 3.0, 0.75), ("model", "GATHER", 1.0, 0.25)]
+    assert (phone.out / "profile.csv").read_text().count("FULLY_CONNECTED") == 2
     assert "Timings (microseconds)" in (phone.out / "logs" / "dense_cpu_t2.log").read_text()
 
 
