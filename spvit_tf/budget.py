@@ -7,7 +7,8 @@ selectors). Two are provided, so the search never needs to know which it is give
 - `flops_cost`: the analytic GFLOPs of `spvit_tf.flops`, selectors and token movement
   included.
 - `latency_cost`: milliseconds predicted from a measured latency lookup table (the format
-  `python -m spvit_tf.latency_table` writes; `load_latency_table` reads it).
+  `python -m spvit_tf.latency_table` writes; `spvit_tf.latency_table.load_latency_table`
+  reads it).
 
 `schedule_for_budget` finds the mildest schedule of a given shape that meets a budget;
 `merge_into_phases` and `fit_phases_to_budget` turn the per-layer keep ratios SPViT's
@@ -17,12 +18,10 @@ schedule search learns into a few pruning locations priced to the budget;
 """
 
 import dataclasses
-import json
 import logging
 import math
 import numbers
 import os
-import pathlib
 import statistics
 from typing import NamedTuple
 
@@ -30,11 +29,11 @@ import numpy as np
 
 from spvit_tf import flops
 from spvit_tf.errors import SpvitError
+from spvit_tf.latency_table import load_latency_table, validate_latency_table
 from spvit_tf.pruning.config import PruningConfig
 
 log = logging.getLogger("spvit_tf")
 
-TABLE_FORMAT = "spvit_tf.latency_table.v1"
 COSTS = ("gflops", "latency")
 SHAPES = ("geometric", "linear")
 DECIMALS = 3  # keep ratios are searched, checked and written at this precision
@@ -144,100 +143,6 @@ def _cost_fn(name, cost, latency_table, overrides):
 
 
 # ------------------------------------------------------------------------ latency tables
-
-
-def _is_ms(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
-
-
-def _check_stage(stage, s, source):
-    where = f"{source}: stage {s}"
-    keys = ("dim", "heads", "blocks", "tokens", "block_ms", "selector_ms", "prune_ms")
-    if not isinstance(stage, dict) or set(keys) - set(stage):
-        present = sorted(stage) if isinstance(stage, dict) else type(stage).__name__
-        raise SpvitError(f"{where} needs keys {list(keys)}, has {present}")
-    tokens = stage["tokens"]
-    if (
-        not isinstance(tokens, list) or not tokens
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in tokens)
-        or tokens != sorted(set(tokens))
-    ):
-        raise SpvitError(f"{where} 'tokens' must be increasing positive integers, got {tokens!r}")
-    for key in ("block_ms", "selector_ms", "prune_ms"):
-        values = stage[key]
-        if not isinstance(values, list) or len(values) != len(tokens):
-            raise SpvitError(f"{where} '{key}' needs one time per token count ({len(tokens)})")
-        if not all(_is_ms(v) for v in values):
-            raise SpvitError(f"{where} '{key}' must hold finite non-negative ms, got {values!r}")
-    if not isinstance(stage["blocks"], list) or not all(
-        isinstance(b, int) and not isinstance(b, bool) for b in stage["blocks"]
-    ):
-        raise SpvitError(f"{where} 'blocks' must be a list of block indices")
-
-
-def validate_latency_table(table, source="latency table"):
-    """Checks a table's structure (see `load_latency_table`); returns it unchanged."""
-    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
-        found = table.get("format") if isinstance(table, dict) else type(table).__name__
-        raise SpvitError(
-            f"{source} is not a {TABLE_FORMAT} table (format: {found!r}); measure one with "
-            "python -m spvit_tf.latency_table"
-        )
-    if not isinstance(table.get("model"), str) or not isinstance(table.get("model_config"), dict):
-        raise SpvitError(f"{source} needs 'model' (a registered name) and 'model_config' (a dict)")
-    if not isinstance(table.get("tflite_format", "fp32"), str):
-        raise SpvitError(f"{source}: 'tflite_format' must be an export format name like 'int8'")
-    if "pruning" in table["model_config"]:
-        raise SpvitError(f"{source}: 'model_config' must describe the dense model (no 'pruning')")
-    stages = table.get("stages")
-    if not isinstance(stages, list) or not stages:
-        raise SpvitError(f"{source} needs a non-empty 'stages' list")
-    for s, stage in enumerate(stages):
-        _check_stage(stage, s, source)
-    blocks = sorted(b for stage in stages for b in stage["blocks"])
-    if blocks != list(range(len(blocks))):
-        raise SpvitError(f"{source}: stage 'blocks' must cover 0..depth-1 once each, got {blocks}")
-    fixed = table.get("fixed_ms")
-    if not isinstance(fixed, dict) or not all(_is_ms(v) for v in fixed.values()):
-        raise SpvitError(f"{source} needs 'fixed_ms': a dict of part name -> non-negative ms")
-    return table
-
-
-def load_latency_table(path, model=None):
-    """Reads and validates a latency table JSON; with `model`, also checks it was measured
-    for that registered name. Every problem is one `SpvitError` line.
-
-    Format (`spvit_tf.latency_table.v1`): per stage, `tokens` is the increasing grid of
-    sequence lengths measured; `block_ms[i]` one block's time over `tokens[i]` tokens (all
-    tokens it processes, prefix and packages included); `selector_ms[i]`/`prune_ms[i]` a
-    pruning location's selector and selection+package time when `tokens[i]` patch tokens
-    enter it. `fixed_ms` holds the token-independent parts (patch embedding, pooling, head).
-    `tflite_format` names the export format the parts were timed in (fp32 when absent: tables
-    written before it was recorded).
-    """
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpvitError(
-            f"latency table {path} not found; measure one with python -m spvit_tf.latency_table"
-        ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpvitError(f"cannot read latency table {path}: {error}") from None
-    try:
-        table = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SpvitError(
-            f"latency table {path} is not valid JSON (line {error.lineno}: {error.msg})"
-        ) from None
-    validate_latency_table(table, f"latency table {path}")
-    table.setdefault("tflite_format", "fp32")
-    if model is not None and table["model"] != model:
-        raise SpvitError(
-            f"latency table {path} was measured for {table['model']}, not {model}: measure "
-            f"{model} or pass the matching model"
-        )
-    return table
 
 
 def _check_table_fits(table, name, arch):

@@ -23,19 +23,16 @@ to the grid at the end of a pruned stage is one more permutation matmul, for eve
 
 Pricing is plain integer arithmetic on the constructor config: no weights are built, and
 `architecture_from_config` runs without TensorFlow. Only resolving a registered name imports
-the model families (the registry lives there), and only `count_params` builds a model.
+the model families (they register their names), and only `count_params` builds a model.
 """
 
-import contextlib
 import dataclasses
 import operator
-import os
-import sys
 
 from absl import app, flags
 
-from spvit_tf.errors import SpvitError, run_cli
-from spvit_tf.pruning.config import PruningConfig
+from spvit_tf.errors import SpvitError, run_cli, stderr_silenced
+from spvit_tf.pruning.config import PruningConfig, pruning_from_flags
 from spvit_tf.pruning.methods import StepShape, method_names
 from spvit_tf.pruning.methods.evit import class_attention_macs  # noqa: F401  (re-exported)
 from spvit_tf.pruning.methods.spvit import selector_macs  # noqa: F401  (re-exported)
@@ -311,7 +308,7 @@ def architecture_from_config(family, config, name=""):
 def architecture(name_or_model, **overrides):
     """`Architecture` of a registered name (with registry overrides) or of a model instance."""
     if isinstance(name_or_model, str):
-        from spvit_tf.registry import model_config
+        from spvit_tf.models import model_config
 
         model_cls, config = model_config(name_or_model, **overrides)
         return architecture_from_config(model_cls.family, config, name_or_model)
@@ -335,7 +332,7 @@ def model_cost(name_or_model, tokens_per_block=None, **overrides):
 
 def count_params(name, **overrides):
     """Exact parameter count; builds the Keras model, so it needs TensorFlow."""
-    from spvit_tf.registry import create_model
+    from spvit_tf.models import create_model
 
     return create_model(name, **overrides).count_params()
 
@@ -390,36 +387,8 @@ def _parse_tokens(text):
         ) from None
 
 
-@contextlib.contextmanager
-def _stderr_silenced():
-    """Mutes file descriptor 2: TensorFlow's C++ start-up logging ignores TF_CPP_MIN_LOG_LEVEL
-    and would bury the CLI's one-line errors under its banner."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def pruning_from_flags(method, locations, keep_ratios, selection="gather"):
-    """A pruning dict from the CLIs' flags (`--pruning_locations=3,6,9` etc.)."""
-    try:
-        locations = [int(v) for v in locations]
-        keep_ratios = [float(v) for v in keep_ratios]
-    except ValueError:
-        raise SpvitError(
-            "--pruning_locations takes comma-separated block indices and --keep_ratios "
-            "comma-separated fractions, e.g. --pruning_locations=3,6,9 --keep_ratios=0.7,0.49,0.343"
-        ) from None
-    return PruningConfig(method, tuple(locations), tuple(keep_ratios), selection).to_dict()
-
-
 def main(argv):
-    with _stderr_silenced():
+    with stderr_silenced():
         import spvit_tf.models  # noqa: F401  (the registry's names; pulls in TensorFlow)
     FLAGS = flags.FLAGS
     if len(argv) > 1:

@@ -27,7 +27,7 @@ graph's median of per-round medians (a load burst on a shared machine then hits 
 many graphs, not one graph); over adb android_benchmark/run_benchmark.py's `benchmark_model`
 (cpu backend), with the same meaning of --num_threads, --runs and --warmup.
 
-Output (`spvit_tf.latency_table.v1`, read by `spvit_tf.budget.load_latency_table`):
+Output (`spvit_tf.latency_table.v1`, read by `load_latency_table`):
 
     {"format": "spvit_tf.latency_table.v1", "model": NAME, "model_config": {create_model
      overrides, no pruning}, "tflite_format": "fp32" | "int8" | ..., "target": "host" |
@@ -43,6 +43,7 @@ patch-token counts entering a pruning location for `selector_ms`/`prune_ms`.
 import concurrent.futures
 import datetime
 import json
+import math
 import multiprocessing
 import os
 import pathlib
@@ -67,6 +68,106 @@ PACKAGE_ROOM = 4
 # flows; int16x8 runs on reference kernels).
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
 RUN_BENCHMARK = pathlib.Path(__file__).resolve().parents[1] / "android_benchmark/run_benchmark.py"
+
+
+# ---- the table format ----
+
+
+def _is_ms(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+def _check_stage(stage, s, source):
+    where = f"{source}: stage {s}"
+    keys = ("dim", "heads", "blocks", "tokens", "block_ms", "selector_ms", "prune_ms")
+    if not isinstance(stage, dict) or set(keys) - set(stage):
+        present = sorted(stage) if isinstance(stage, dict) else type(stage).__name__
+        raise SpvitError(f"{where} needs keys {list(keys)}, has {present}")
+    tokens = stage["tokens"]
+    if (
+        not isinstance(tokens, list) or not tokens
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in tokens)
+        or tokens != sorted(set(tokens))
+    ):
+        raise SpvitError(f"{where} 'tokens' must be increasing positive integers, got {tokens!r}")
+    for key in ("block_ms", "selector_ms", "prune_ms"):
+        values = stage[key]
+        if not isinstance(values, list) or len(values) != len(tokens):
+            raise SpvitError(f"{where} '{key}' needs one time per token count ({len(tokens)})")
+        if not all(_is_ms(v) for v in values):
+            raise SpvitError(f"{where} '{key}' must hold finite non-negative ms, got {values!r}")
+    if not isinstance(stage["blocks"], list) or not all(
+        isinstance(b, int) and not isinstance(b, bool) for b in stage["blocks"]
+    ):
+        raise SpvitError(f"{where} 'blocks' must be a list of block indices")
+
+
+def validate_latency_table(table, source="latency table"):
+    """Checks a table's structure (see `load_latency_table`); returns it unchanged."""
+    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
+        found = table.get("format") if isinstance(table, dict) else type(table).__name__
+        raise SpvitError(
+            f"{source} is not a {TABLE_FORMAT} table (format: {found!r}); measure one with "
+            "python -m spvit_tf.latency_table"
+        )
+    if not isinstance(table.get("model"), str) or not isinstance(table.get("model_config"), dict):
+        raise SpvitError(f"{source} needs 'model' (a registered name) and 'model_config' (a dict)")
+    if not isinstance(table.get("tflite_format", "fp32"), str):
+        raise SpvitError(f"{source}: 'tflite_format' must be an export format name like 'int8'")
+    if "pruning" in table["model_config"]:
+        raise SpvitError(f"{source}: 'model_config' must describe the dense model (no 'pruning')")
+    stages = table.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise SpvitError(f"{source} needs a non-empty 'stages' list")
+    for s, stage in enumerate(stages):
+        _check_stage(stage, s, source)
+    blocks = sorted(b for stage in stages for b in stage["blocks"])
+    if blocks != list(range(len(blocks))):
+        raise SpvitError(f"{source}: stage 'blocks' must cover 0..depth-1 once each, got {blocks}")
+    fixed = table.get("fixed_ms")
+    if not isinstance(fixed, dict) or not all(_is_ms(v) for v in fixed.values()):
+        raise SpvitError(f"{source} needs 'fixed_ms': a dict of part name -> non-negative ms")
+    return table
+
+
+def load_latency_table(path, model=None):
+    """Reads and validates a latency table JSON; with `model`, also checks it was measured
+    for that registered name. Every problem is one `SpvitError` line.
+
+    Format (`spvit_tf.latency_table.v1`): per stage, `tokens` is the increasing grid of
+    sequence lengths measured; `block_ms[i]` one block's time over `tokens[i]` tokens (all
+    tokens it processes, prefix and packages included); `selector_ms[i]`/`prune_ms[i]` a
+    pruning location's selector and selection+package time when `tokens[i]` patch tokens
+    enter it. `fixed_ms` holds the token-independent parts (patch embedding, pooling, head).
+    `tflite_format` names the export format the parts were timed in (fp32 when absent: tables
+    written before it was recorded).
+    """
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpvitError(
+            f"latency table {path} not found; measure one with python -m spvit_tf.latency_table"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpvitError(f"cannot read latency table {path}: {error}") from None
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpvitError(
+            f"latency table {path} is not valid JSON (line {error.lineno}: {error.msg})"
+        ) from None
+    validate_latency_table(table, f"latency table {path}")
+    table.setdefault("tflite_format", "fp32")
+    if model is not None and table["model"] != model:
+        raise SpvitError(
+            f"latency table {path} was measured for {table['model']}, not {model}: measure "
+            f"{model} or pass the matching model"
+        )
+    return table
+
+
+# ---- token grids ----
 
 
 def token_grid(dense_tokens, spec="auto"):
@@ -364,7 +465,7 @@ def measure_table(name, target="host", num_threads=1, tokens="auto", runs=50, wa
                   rounds=3, binary=None, adb=None, fmt="fp32", **config):
     """The latency table of registered model `name` with create_model overrides `config`,
     its parts converted to export format `fmt`."""
-    from spvit_tf.registry import create_model
+    from spvit_tf.models import create_model
 
     if config.get("pruning"):
         raise SpvitError("a latency table times the dense model's parts; drop the pruning options")
@@ -421,9 +522,9 @@ def main(argv):
     if FLAGS.target != "host" and not FLAGS.target.startswith("adb"):
         raise SpvitError(f"--target must be host or adb[:serial], got {FLAGS.target!r}")
     token_grid(2, FLAGS.tokens)  # rejects a bad --tokens before anything is built
-    from spvit_tf.flops import _stderr_silenced
+    from spvit_tf.errors import stderr_silenced
 
-    with _stderr_silenced():
+    with stderr_silenced():
         import tensorflow  # noqa: F401  (its C++ banner would bury our messages)
     logging.set_verbosity(logging.WARNING)
     table = measure_table(

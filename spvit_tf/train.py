@@ -162,7 +162,7 @@ def check_flags():
 def resolve_pruning(overrides, depth):
     """The run's pruning dict (None for dense): explicit ratios or a schedule from the budget,
     moved off latency steps with --align_to_latency_steps."""
-    from spvit_tf.flops import pruning_from_flags
+    from spvit_tf.pruning.config import pruning_from_flags
 
     mode = FLAGS.mode
     if mode == "dense":
@@ -196,11 +196,12 @@ def resolve_pruning(overrides, depth):
 
 def budget_ratios(mode, locations, overrides):
     """Keep ratios of the mildest schedule meeting --budget_gflops or --budget_ms."""
-    from spvit_tf import budget
+    from spvit_tf import budget, latency_table
 
     cost, table, unit = "gflops", None, "GFLOPs"
     if FLAGS.budget_gflops is None:
-        cost, table = "latency", budget.load_latency_table(FLAGS.latency_table, model=FLAGS.model)
+        table = latency_table.load_latency_table(FLAGS.latency_table, model=FLAGS.model)
+        cost = "latency"
         unit = f"ms {table['tflite_format']} on {table['target']}"
     ratios, predicted, dense = budget.schedule_for_budget(
         FLAGS.model,
@@ -301,7 +302,7 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        from spvit_tf.registry import create_model
+        from spvit_tf.models import create_model
         from spvit_tf.schedules import CappedSchedule
 
         self.strategy, self.run = strategy, run
@@ -761,7 +762,7 @@ def main(argv):
     import keras
 
     from spvit_tf import data
-    from spvit_tf.registry import model_config
+    from spvit_tf.models import model_config
     from spvit_tf.workdir import atomic_write, read_run, write_run
 
     if FLAGS.precision != "float32":

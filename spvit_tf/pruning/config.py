@@ -96,3 +96,16 @@ class PruningConfig:
     def has_package(self):
         """Whether dropped tokens are fused into an extra token instead of discarded."""
         return self.method_object.has_package
+
+
+def pruning_from_flags(method, locations, keep_ratios, selection="gather"):
+    """A pruning dict from the CLIs' flags (`--pruning_locations=3,6,9` etc.)."""
+    try:
+        locations = [int(v) for v in locations]
+        keep_ratios = [float(v) for v in keep_ratios]
+    except ValueError:
+        raise SpvitError(
+            "--pruning_locations takes comma-separated block indices and --keep_ratios "
+            "comma-separated fractions, e.g. --pruning_locations=3,6,9 --keep_ratios=0.7,0.49,0.343"
+        ) from None
+    return PruningConfig(method, tuple(locations), tuple(keep_ratios), selection).to_dict()
