@@ -210,8 +210,7 @@ def trained_like(layer, seed=0, scale=0.02):
 
     A fresh model's zero biases and unit LayerNorm scales are constants the TFLite converter
     may remove with their ADDs and MULs, which a trained model keeps: timing fresh models can
-    under-count (the selector's former BATCH_MATMUL layout at 196 tokens: 70 us fresh, 94 us
-    with every weight set).
+    under-count.
     """
     rng = np.random.default_rng(seed)
     for weight in layer.trainable_weights:
@@ -259,72 +258,48 @@ def prune_graph(dim, heads, patches, num_prefix, grid, track_grid):
     """One gather-mode pruning step keeping half: selection and package token, and for PiT
     the parking of dropped tokens and the grid restore its stage pays once at its end (a
     stage with two locations is over-estimated by one restore)."""
+    from spvit_tf.geometry import Stage, TokenSchedule
     from spvit_tf.pruning.tokens import TokenPruner, TokenState
 
     pruning = dict(method="spvit", locations=(0,), keep_ratios=(0.5,))
-    pruner = TokenPruner(pruning, (dim,), (heads,), (grid[0] * grid[1],), (grid,))
+    schedule = TokenSchedule((Stage(dim, heads, grid, 0, 1),), num_prefix, pruning, track_grid)
+    pruner = TokenPruner(schedule)
     pruner.build()
     x, scores = _inputs((num_prefix + patches, dim), (patches,))
     state = TokenState.start(x, num_prefix, patches, masked=False, track_grid=track_grid)
-    new, _ = pruner._gather(state, scores, max(1, patches // 2))
+    new, _ = pruner.gather(state, scores, max(1, patches // 2))
     outputs = [new.x] + ([new.full_grid_patches()] if track_grid else [])
     return _keras_graph([x, scores], outputs)
 
 
 def embed_graph(model):
-    """Patch embedding up to the first block's input sequence."""
-    from keras import ops
-
+    """Patch embedding up to the first block's input sequence (the model's `embed_tokens`)."""
     (images,) = _inputs((*model.image_size, model.in_chans))
-    if type(model).family == "vit":
-        return _keras_graph(images, model.embed(images))
-    grid, prefix = model.embed(images)
-    h, w = model.grid_sizes[0]
-    tokens = ops.concatenate([prefix, ops.reshape(grid, (1, h * w, model.dims[0]))], axis=1)
-    return _keras_graph(images, tokens)
-
-
-def _pool(model, s, x):
-    """PiT's stage transition s-1 -> s on a token sequence: to a grid, pooled, flattened."""
-    from keras import ops
-
-    P, (h, w), dim = model.num_prefix_tokens, model.grid_sizes[s - 1], model.dims[s - 1]
-    grid, prefix = model.pools[s](ops.reshape(x[:, P:], (1, h, w, dim)), x[:, :P])
-    (h, w), dim = model.grid_sizes[s], model.dims[s]
-    return ops.concatenate([prefix, ops.reshape(grid, (1, h * w, dim))], 1)
+    return _keras_graph(images, model.embed_tokens(images))
 
 
 def pool_graph(model, s):
-    P, (h, w) = model.num_prefix_tokens, model.grid_sizes[s - 1]
-    (x,) = _inputs((P + h * w, model.dims[s - 1]))
-    return _keras_graph(x, _pool(model, s, x))
+    """The model's transition into stage `s` (`pool_sequence`) on the dense sequence."""
+    before = model.stages[s - 1]
+    (x,) = _inputs((model.num_prefix_tokens + before.num_patches, before.dim))
+    return _keras_graph(x, model.pool_sequence(s, x))
 
 
 def dense_prefix_graph(model, last):
     """The dense model from the image to the end of stage `last` (its blocks, pools between)."""
     (images,) = _inputs((*model.image_size, model.in_chans))
     x = embed_graph(model)(images)
-    for s, (_, _, blocks, _) in enumerate(stages_of(model)[: last + 1]):
-        x = _pool(model, s, x) if s else x
-        for i in blocks:
+    for s, stage in enumerate(model.stages[: last + 1]):
+        x = model.pool_sequence(s, x) if s else x
+        for i in stage.blocks:
             x = model.blocks[i](x)
     return _keras_graph(images, x)
 
 
-def head_graph(model, tokens):
-    """Final norm and classifier; ViT normalises every token, PiT only the prefix."""
-    (x,) = _inputs((tokens, model.embed_dim))
-    if type(model).family == "pit":
-        return _keras_graph(x, model.classify(model.norm(x[:, : model.num_prefix_tokens])))
-    return _keras_graph(x, model.classify(model.norm(x)))
-
-
-def stages_of(model):
-    """(dim, heads, block indices, grid) per stage of a ViT or PiT model."""
-    if type(model).family == "vit":
-        return [(model.embed_dim, model.num_heads, list(range(model.depth)), model.grid_size)]
-    return [(d, h, list(stage), g)
-            for d, h, stage, g in zip(model.dims, model.heads, model.stages, model.grid_sizes)]
+def head_graph(model):
+    """Final norm and classifier over the `head_tokens` the model's `final_logits` reads."""
+    (x,) = _inputs((model.head_tokens, model.stages[-1].dim))
+    return _keras_graph(x, model.final_logits(x))
 
 
 def component_graphs(model, spec="auto"):
@@ -332,25 +307,26 @@ def component_graphs(model, spec="auto"):
 
     Parts are timed alone, and the dense model once more up to the end of each stage: inside
     the model a block also streams its weights back in after the other blocks evicted them
-    from the caches, a cost alone-timing misses (a third of a PiT-Ti last-stage block on x86;
-    more on phones, whose caches are smaller). `measure_table` adds each stage's in-model
+    from the caches, a cost alone-timing misses. `measure_table` adds each stage's in-model
     excess per block, which does not depend on the token count, to its lone block timings.
     """
     graphs, stages = {"patch_embed": embed_graph(model)}, []
-    P, pit = model.num_prefix_tokens, type(model).family == "pit"
-    for s, (dim, heads, blocks, grid) in enumerate(stages_of(model)):
+    P, tracks_grid = model.num_prefix_tokens, model.schedule.tracks_grid
+    for s, stage in enumerate(model.stages):
         if s:
             graphs[f"pool_{s}"] = pool_graph(model, s)
-        dense = P + grid[0] * grid[1]
+        dense = P + stage.num_patches
         tokens = sorted(set(token_grid(dense, spec)) | {dense})
         for t in tokens:
-            graphs[f"stage{s}_block_{t}"] = block_graph(model.blocks[blocks[0]], t)
-            graphs[f"stage{s}_selector_{t}"] = selector_graph(dim, heads, t)
-            graphs[f"stage{s}_prune_{t}"] = prune_graph(dim, heads, t, P, grid, pit)
+            graphs[f"stage{s}_block_{t}"] = block_graph(model.blocks[stage.first_block], t)
+            graphs[f"stage{s}_selector_{t}"] = selector_graph(stage.dim, stage.heads, t)
+            graphs[f"stage{s}_prune_{t}"] = prune_graph(
+                stage.dim, stage.heads, t, P, stage.grid, tracks_grid
+            )
         graphs[f"stage{s}_in_model"] = dense_prefix_graph(model, s)
-        stages.append({"dim": dim, "heads": heads, "blocks": blocks, "tokens": tokens,
-                       "dense_tokens": dense})
-    graphs["head"] = head_graph(model, P if pit else P + grid[0] * grid[1])
+        stages.append({"dim": stage.dim, "heads": stage.heads, "blocks": list(stage.blocks),
+                       "tokens": tokens, "dense_tokens": dense})
+    graphs["head"] = head_graph(model)
     return graphs, stages
 
 

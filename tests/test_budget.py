@@ -260,7 +260,7 @@ def test_align_to_latency_steps_drops_tokens_that_cost_a_tile(tmp_path, method, 
     assert aligned.predicted_ms == pytest.approx(cost_fn(aligned.keep_ratios))
     assert aligned.unaligned_ms == pytest.approx(cost_fn(ratios))
     assert aligned.predicted_ms <= aligned.unaligned_ms
-    config = flops.architecture(DEIT, **TINY).stages[0].num_patches
+    config = flops.architecture(DEIT, **TINY).schedule.stages[0].num_patches
     assert tuple(round(r * config) for r in aligned.keep_ratios) == counts
 
 

@@ -68,9 +68,9 @@ def test_any_size_and_batch(name, overrides, prefix):
 
 def test_cifar_grid_sizes():
     vit = spvit_tf.create_model("deit_tiny_patch16_224", **TINY_VIT)
-    assert vit.num_patches == 64 and tuple(vit.pos_embed.shape) == (1, 65, 48)
+    assert vit.stages[0].num_patches == 64 and tuple(vit.pos_embed.shape) == (1, 65, 48)
     pit = spvit_tf.create_model("pit_ti_224", **TINY_PIT)
-    assert pit.grid_sizes == [(15, 15), (8, 8), (4, 4)]
+    assert [stage.grid for stage in pit.stages] == [(15, 15), (8, 8), (4, 4)]
 
 
 @pytest.mark.parametrize("name,overrides", [

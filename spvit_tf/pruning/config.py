@@ -22,7 +22,8 @@ class PruningConfig:
       block list across stages).
     - `keep_ratios`: cumulative fraction of the original patch tokens kept from each location
       on (for PiT, of the patch tokens of the location's stage); non-increasing within a
-      stage. At inference each becomes a fixed count `k = round(ratio * tokens)`.
+      stage. At inference each becomes a fixed count `k = round(ratio * tokens)`
+      (`spvit_tf.geometry.kept_tokens`; `TokenSchedule` holds every location's count).
     - `selection`: `gather` (TOPK_V2 + GATHER) or `matmul` (rank comparisons and one-hot
       matmuls: no TOPK_V2/GATHER ops, for the TFLite GPU delegate). Both give the same output.
     - `shared_head_mlps`: the selector's per-head MLPs share weights (the official code does,
@@ -74,13 +75,6 @@ class PruningConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
-
-    def token_counts(self, stage_tokens):
-        """Tokens kept from each location on: `round(ratio * tokens)`, at least one.
-
-        `stage_tokens` is, per location, the patch-token count of the location's stage.
-        """
-        return tuple(max(1, round(r * n)) for r, n in zip(self.keep_ratios, stage_tokens))
 
     @property
     def method_object(self):
