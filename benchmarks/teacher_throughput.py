@@ -54,7 +54,7 @@ def step_rate(width, depth):
     import keras
     import tensorflow as tf
 
-    from spvit_tf.registry import create_model
+    from spvit_tf.models import create_model
 
     model = create_model("deit_tiny_patch16_224", image_size=32, patch_size=4, num_classes=10,
                          embed_dim=width, depth=depth, num_heads=width // 32, drop_path_rate=0.1)

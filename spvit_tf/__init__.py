@@ -13,9 +13,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "create_model": "spvit_tf.registry",
-    "list_models": "spvit_tf.registry",
-    "model_config": "spvit_tf.registry",
+    "create_model": "spvit_tf.models",
+    "list_models": "spvit_tf.models",
+    "model_config": "spvit_tf.models",
     "SpvitError": "spvit_tf.errors",
     "PruningConfig": "spvit_tf.pruning.config",
 }

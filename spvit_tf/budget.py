@@ -7,7 +7,11 @@ selectors). Two are provided, so the search never needs to know which it is give
 - `flops_cost`: the analytic GFLOPs of `spvit_tf.flops`, selectors and token movement
   included.
 - `latency_cost`: milliseconds predicted from a measured latency lookup table (the format
-  `python -m spvit_tf.latency_table` writes; `load_latency_table` reads it).
+  `python -m spvit_tf.latency_table` writes; `spvit_tf.latency_table.load_latency_table`
+  reads it).
+
+Token counts, stages and locations come from the priced model's `TokenSchedule`
+(`spvit_tf.geometry`), the same the model and the cost model use.
 
 `schedule_for_budget` finds the mildest schedule of a given shape that meets a budget;
 `merge_into_phases` and `fit_phases_to_budget` turn the per-layer keep ratios SPViT's
@@ -17,12 +21,10 @@ schedule search learns into a few pruning locations priced to the budget;
 """
 
 import dataclasses
-import json
 import logging
 import math
 import numbers
 import os
-import pathlib
 import statistics
 from typing import NamedTuple
 
@@ -30,11 +32,12 @@ import numpy as np
 
 from spvit_tf import flops
 from spvit_tf.errors import SpvitError
+from spvit_tf.geometry import kept_tokens
+from spvit_tf.latency_table import load_latency_table, validate_latency_table
 from spvit_tf.pruning.config import PruningConfig
 
 log = logging.getLogger("spvit_tf")
 
-TABLE_FORMAT = "spvit_tf.latency_table.v1"
 COSTS = ("gflops", "latency")
 SHAPES = ("geometric", "linear")
 DECIMALS = 3  # keep ratios are searched, checked and written at this precision
@@ -69,20 +72,17 @@ def _priced_model(name, overrides):
     locations = tuple(pruning["locations"])
     template = PruningConfig.from_any({**pruning, "keep_ratios": (1.0,) * len(locations)})
     arch = flops.architecture(name, **options, pruning=None)
-    bad = [i for i in template.locations if not 0 <= i < arch.depth]
+    depth = arch.schedule.depth
+    bad = [i for i in template.locations if not 0 <= i < depth]
     if bad:
-        raise SpvitError(
-            f"pruning locations {bad} are outside {name}'s blocks 0..{arch.depth - 1}"
-        )
+        raise SpvitError(f"pruning locations {bad} are outside {name}'s blocks 0..{depth - 1}")
     return arch, template
 
 
 def _with_ratios(arch, template, keep_ratios):
     if keep_ratios is None:
         return arch
-    return dataclasses.replace(
-        arch, pruning=dataclasses.replace(template, keep_ratios=tuple(keep_ratios))
-    )
+    return arch.with_pruning(dataclasses.replace(template, keep_ratios=tuple(keep_ratios)))
 
 
 def flops_cost(name, overrides):
@@ -113,22 +113,14 @@ def latency_cost(table, name, overrides):
 
 
 def architecture_latency_ms(table, arch):
-    """Predicted ms of an `Architecture` (with its pruning config) from a latency table."""
-    plan, config = arch.schedule(), arch.pruning
-    tokens = [arch.num_prefix_tokens + patches + packages for patches, packages in plan]
-    locations = config.locations if config else ()
-    inputs = [_location_input(arch, plan, loc) for loc in locations]
+    """Predicted ms of an `Architecture` (with its pruning config) from a latency table: its
+    schedule's tokens per block, and at each location the patch tokens entering it."""
+    schedule, config = arch.schedule, arch.pruning
+    steps = schedule.steps
     return predict_latency_ms(
-        table, tokens, locations, inputs, selectors=bool(config and config.learned)
+        table, schedule.tokens_per_block, [step.block for step in steps],
+        [step.patches_in for step in steps], selectors=bool(config and config.learned),
     )
-
-
-def _location_input(arch, plan, loc):
-    """Patch tokens entering the selector at block `loc`: the stage's whole grid at its start."""
-    stages = arch.block_stages
-    if loc and stages[loc - 1] == stages[loc]:
-        return plan[loc - 1][0]
-    return arch.stages[stages[loc]].num_patches
 
 
 def _cost_fn(name, cost, latency_table, overrides):
@@ -146,100 +138,6 @@ def _cost_fn(name, cost, latency_table, overrides):
 # ------------------------------------------------------------------------ latency tables
 
 
-def _is_ms(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
-
-
-def _check_stage(stage, s, source):
-    where = f"{source}: stage {s}"
-    keys = ("dim", "heads", "blocks", "tokens", "block_ms", "selector_ms", "prune_ms")
-    if not isinstance(stage, dict) or set(keys) - set(stage):
-        present = sorted(stage) if isinstance(stage, dict) else type(stage).__name__
-        raise SpvitError(f"{where} needs keys {list(keys)}, has {present}")
-    tokens = stage["tokens"]
-    if (
-        not isinstance(tokens, list) or not tokens
-        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in tokens)
-        or tokens != sorted(set(tokens))
-    ):
-        raise SpvitError(f"{where} 'tokens' must be increasing positive integers, got {tokens!r}")
-    for key in ("block_ms", "selector_ms", "prune_ms"):
-        values = stage[key]
-        if not isinstance(values, list) or len(values) != len(tokens):
-            raise SpvitError(f"{where} '{key}' needs one time per token count ({len(tokens)})")
-        if not all(_is_ms(v) for v in values):
-            raise SpvitError(f"{where} '{key}' must hold finite non-negative ms, got {values!r}")
-    if not isinstance(stage["blocks"], list) or not all(
-        isinstance(b, int) and not isinstance(b, bool) for b in stage["blocks"]
-    ):
-        raise SpvitError(f"{where} 'blocks' must be a list of block indices")
-
-
-def validate_latency_table(table, source="latency table"):
-    """Checks a table's structure (see `load_latency_table`); returns it unchanged."""
-    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
-        found = table.get("format") if isinstance(table, dict) else type(table).__name__
-        raise SpvitError(
-            f"{source} is not a {TABLE_FORMAT} table (format: {found!r}); measure one with "
-            "python -m spvit_tf.latency_table"
-        )
-    if not isinstance(table.get("model"), str) or not isinstance(table.get("model_config"), dict):
-        raise SpvitError(f"{source} needs 'model' (a registered name) and 'model_config' (a dict)")
-    if not isinstance(table.get("tflite_format", "fp32"), str):
-        raise SpvitError(f"{source}: 'tflite_format' must be an export format name like 'int8'")
-    if "pruning" in table["model_config"]:
-        raise SpvitError(f"{source}: 'model_config' must describe the dense model (no 'pruning')")
-    stages = table.get("stages")
-    if not isinstance(stages, list) or not stages:
-        raise SpvitError(f"{source} needs a non-empty 'stages' list")
-    for s, stage in enumerate(stages):
-        _check_stage(stage, s, source)
-    blocks = sorted(b for stage in stages for b in stage["blocks"])
-    if blocks != list(range(len(blocks))):
-        raise SpvitError(f"{source}: stage 'blocks' must cover 0..depth-1 once each, got {blocks}")
-    fixed = table.get("fixed_ms")
-    if not isinstance(fixed, dict) or not all(_is_ms(v) for v in fixed.values()):
-        raise SpvitError(f"{source} needs 'fixed_ms': a dict of part name -> non-negative ms")
-    return table
-
-
-def load_latency_table(path, model=None):
-    """Reads and validates a latency table JSON; with `model`, also checks it was measured
-    for that registered name. Every problem is one `SpvitError` line.
-
-    Format (`spvit_tf.latency_table.v1`): per stage, `tokens` is the increasing grid of
-    sequence lengths measured; `block_ms[i]` one block's time over `tokens[i]` tokens (all
-    tokens it processes, prefix and packages included); `selector_ms[i]`/`prune_ms[i]` a
-    pruning location's selector and selection+package time when `tokens[i]` patch tokens
-    enter it. `fixed_ms` holds the token-independent parts (patch embedding, pooling, head).
-    `tflite_format` names the export format the parts were timed in (fp32 when absent: tables
-    written before it was recorded).
-    """
-    path = pathlib.Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpvitError(
-            f"latency table {path} not found; measure one with python -m spvit_tf.latency_table"
-        ) from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise SpvitError(f"cannot read latency table {path}: {error}") from None
-    try:
-        table = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise SpvitError(
-            f"latency table {path} is not valid JSON (line {error.lineno}: {error.msg})"
-        ) from None
-    validate_latency_table(table, f"latency table {path}")
-    table.setdefault("tflite_format", "fp32")
-    if model is not None and table["model"] != model:
-        raise SpvitError(
-            f"latency table {path} was measured for {table['model']}, not {model}: measure "
-            f"{model} or pass the matching model"
-        )
-    return table
-
-
 def _check_table_fits(table, name, arch):
     """The table must time this model: same name, same dense configuration and stages."""
     if table["model"] != name:
@@ -251,10 +149,7 @@ def _check_table_fits(table, name, arch):
             "configuration from the one priced: pass the same model options or re-measure"
         )
     stages = [(s["dim"], s["heads"], s["blocks"]) for s in table["stages"]]
-    expected = [
-        (stage.dim, stage.heads, [i for i, k in enumerate(arch.block_stages) if k == s])
-        for s, stage in enumerate(arch.stages)
-    ]
+    expected = [(stage.dim, stage.heads, list(stage.blocks)) for stage in arch.schedule.stages]
     if stages != expected:
         raise SpvitError(
             f"the latency table's stages (dim, heads, blocks) {stages} do not match "
@@ -358,12 +253,12 @@ def _with_locations(overrides, method, locations):
     return options
 
 
-def _stage_positions(name, locations, overrides):
-    """Per location (1-based position among its stage's locations, their count)."""
-    options = {k: v for k, v in (overrides or {}).items() if k != "pruning"}
-    stages = flops.architecture(name, **options, pruning=None).block_stages
-    in_stage = [stages[loc] for loc in locations]
-    return [(in_stage[: j + 1].count(s), in_stage.count(s)) for j, s in enumerate(in_stage)]
+def _stage_positions(name, overrides):
+    """Per location of `overrides['pruning']` (1-based position among its stage's
+    locations, their count)."""
+    arch, template = _priced_model(name, overrides)
+    steps = arch.with_pruning(template).schedule.steps
+    return [(step.stage_position, step.stage_steps) for step in steps]
 
 
 def _shape(shape, positions):
@@ -403,7 +298,7 @@ def schedule_for_budget(
     """
     options = _with_locations(overrides, method, locations)
     cost_fn = _cost_fn(name, cost, latency_table, options)
-    ratios_at = _shape(shape, _stage_positions(name, locations, options))
+    ratios_at = _shape(shape, _stage_positions(name, options))
     return _largest_feasible(cost_fn, ratios_at, budget, 1.0, shape)
 
 
@@ -485,7 +380,7 @@ def _ratio_for_count(count, tokens):
     base = round(count / tokens, DECIMALS)
     for delta in sorted(range(-5, 6), key=abs):
         ratio = round(base + delta * MIN_RATIO, DECIMALS)
-        if 0 < ratio <= 1 and max(1, round(ratio * tokens)) == count:
+        if 0 < ratio <= 1 and kept_tokens(ratio, tokens) == count:
             return ratio
     raise SpvitError(f"no {DECIMALS}-decimal keep ratio keeps exactly {count} of {tokens} tokens")
 
@@ -497,13 +392,12 @@ def align_to_latency_steps(
 
     A CPU's matrix kernels work in tiles of rows (XNNPACK's f32 GEMM: 7 on AVX-512 hosts,
     4-6 on Arm), so one token past a full tile costs a whole tile in every block of the
-    stage: on this repository's host a DeiT-Ti block takes 9% longer at 71 tokens than at 70
-    (`benchmarks/pruning_overhead.log`). Location by location, this drops up to `max_trim`
-    more tokens when the `table` predicts they save at least half a token more than tokens
-    cost on average (the mean ms per token between the count and half of it): a token stays
-    unless it is dear, and table noise moves nothing. Only a table timed at every length
-    near the counts shows the steps (`latency_table --tokens=auto,A-B,...`); on a coarse grid
-    the interpolation is linear and nothing moves.
+    stage (`benchmarks/pruning_overhead.log` measures it). Location by location, this drops
+    up to `max_trim` more tokens when the `table` predicts they save at least half a token
+    more than tokens cost on average (the mean ms per token between the count and half of
+    it): a token stays unless it is dear, and table noise moves nothing. Only a table timed
+    at every length near the counts shows the steps (`latency_table --tokens=auto,A-B,...`);
+    on a coarse grid the interpolation is linear and nothing moves.
     Returns `AlignedSchedule(keep_ratios, counts, predicted_ms, unaligned_ms)`.
     """
     if isinstance(table, (str, os.PathLike)):
@@ -514,19 +408,17 @@ def align_to_latency_steps(
     cost_fn = latency_cost(table, name, options)
     arch, template = _priced_model(name, options)
     config = dataclasses.replace(template, keep_ratios=tuple(keep_ratios))
-    stages = arch.block_stages
-    totals = [arch.stages[stages[loc]].num_patches for loc in config.locations]
-    original = config.token_counts(totals)
+    steps = arch.with_pruning(config).schedule.steps
+    totals = [step.stage_patches for step in steps]
+    original = tuple(step.kept for step in steps)
     counts = list(original)
 
     def cost(candidate):
         return cost_fn([_ratio_for_count(c, n) for c, n in zip(candidate, totals)])
 
     unaligned = cost(counts)
-    for j, loc in enumerate(config.locations):
-        later = [c for i, c in zip(config.locations[j + 1:], counts[j + 1:])
-                 if stages[i] == stages[loc]]
-        floor = later[0] if later else 1
+    for j, step in enumerate(steps):
+        floor = 1 if step.last_in_stage else counts[j + 1]  # the stage's next location's count
         if counts[j] <= floor:
             continue
         now = cost(counts)

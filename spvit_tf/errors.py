@@ -1,6 +1,8 @@
 """User-facing errors and the CLI wrapper that turns them into one line and a non-zero exit."""
 
+import contextlib
 import errno
+import os
 import sys
 
 
@@ -68,3 +70,18 @@ def parse_flags(argv):
         message = " ".join(str(error).removeprefix("ERROR:: ").split())
         print(f"error: {message} (--helpfull lists the flags)", file=sys.stderr)
         sys.exit(2)
+
+
+@contextlib.contextmanager
+def stderr_silenced():
+    """Mutes file descriptor 2: TensorFlow's C++ start-up logging ignores TF_CPP_MIN_LOG_LEVEL
+    and would bury the CLI's one-line errors under its banner."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

@@ -146,9 +146,9 @@ def source_from_model(name, checkpoint=None, **config):
     """A registered model with create_model overrides, ImageNet normalisation and crop."""
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise SpvitError(f"checkpoint {checkpoint} does not exist")
-    from spvit_tf.flops import _stderr_silenced
+    from spvit_tf.errors import stderr_silenced
 
-    with _stderr_silenced():  # spvit_tf.data loads TensorFlow, whose banner would bury errors
+    with stderr_silenced():  # spvit_tf.data loads TensorFlow, whose banner would bury errors
         from spvit_tf.data import DEFAULT_CROP_RATIO, IMAGENET_MEAN, IMAGENET_STD
     return Source(
         name=name,
@@ -164,7 +164,7 @@ def source_from_model(name, checkpoint=None, **config):
 
 
 def build_model(source):
-    from spvit_tf.registry import create_model
+    from spvit_tf.models import create_model
 
     if source.weights is None:
         logging.warning("no checkpoint: exporting randomly initialised weights")
@@ -962,7 +962,7 @@ def main(argv):
     if FLAGS.workdir:
         source = source_from_workdir(FLAGS.workdir, FLAGS.checkpoint)
     else:
-        from spvit_tf.flops import pruning_from_flags
+        from spvit_tf.pruning.config import pruning_from_flags
 
         pruning = None
         if FLAGS.pruning_method != "none":
@@ -982,9 +982,9 @@ def main(argv):
     )
     check_options(options, source)
     logging.set_verbosity(logging.WARNING)  # the converter logs every SavedModel step at INFO
-    from spvit_tf.flops import _stderr_silenced
+    from spvit_tf.errors import stderr_silenced
 
-    with _stderr_silenced():
+    with stderr_silenced():
         import tensorflow  # noqa: F401  (its C++ banner would bury our messages)
     cards = export(source, options)
     print(f"wrote {len(cards)} model(s) with cards to {options.output_dir}")

@@ -13,30 +13,29 @@ additions and the position embedding are ignored: they are element-wise and well
 the total. With these rules DeiT-Ti/S/B and PiT-Ti/XS/S round to their published figures;
 PiT-B comes to 12.40 against the PiT paper's 12.5 (timm's profiler also gets 12.42 GMACs).
 
-A pruned model (its `pruning` config) is priced as it runs at inference: blocks see the kept
-patch tokens plus the prefix and package tokens; each location adds what its method object
-prices (`Method.step_macs`, `spvit_tf.pruning.methods`): its scorer (the SPViT selector's
-MLPs, EViT's class-attention keys, ToMe's keys and similarities) and its token movement (the
-package token's weighted sum, ToMe's merge matmul, and with `selection="matmul"` the
-permutation matmuls that replace TOPK_V2/GATHER). With `matmul`, PiT's return of the tokens
-to the grid at the end of a pruned stage is one more permutation matmul, for every method.
+A pruned model (its `pruning` config) is priced as it runs at inference: blocks see the tokens
+its `spvit_tf.geometry.TokenSchedule` gives them (kept patch tokens plus the prefix and
+package tokens); each location adds what its method object prices (`Method.step_macs`,
+`spvit_tf.pruning.methods`): its scorer (the SPViT selector's MLPs, EViT's class-attention
+keys, ToMe's keys and similarities) and its token movement (the package token's weighted
+sum, ToMe's merge matmul, and with `selection="matmul"` the permutation matmuls that replace
+TOPK_V2/GATHER). With `matmul`, PiT's return of the tokens to the grid at the end of a
+pruned stage is one more permutation matmul, for every method.
 
 Pricing is plain integer arithmetic on the constructor config: no weights are built, and
 `architecture_from_config` runs without TensorFlow. Only resolving a registered name imports
-the model families (the registry lives there), and only `count_params` builds a model.
+the model families (they register their names), and only `count_params` builds a model.
 """
 
-import contextlib
 import dataclasses
 import operator
-import os
-import sys
 
 from absl import app, flags
 
-from spvit_tf.errors import SpvitError, run_cli
-from spvit_tf.pruning.config import PruningConfig
-from spvit_tf.pruning.methods import StepShape, method_names
+from spvit_tf.errors import SpvitError, run_cli, stderr_silenced
+from spvit_tf.geometry import TokenSchedule, schedule_from_config
+from spvit_tf.pruning.config import pruning_from_flags
+from spvit_tf.pruning.methods import method_names
 from spvit_tf.pruning.methods.evit import class_attention_macs  # noqa: F401  (re-exported)
 from spvit_tf.pruning.methods.spvit import selector_macs  # noqa: F401  (re-exported)
 
@@ -47,13 +46,13 @@ def block_macs(num_tokens, dim, mlp_ratio=4.0):
     """MACs of one pre-norm transformer block over `num_tokens` tokens of width `dim`.
 
     The MLP hidden width is `int(dim * mlp_ratio)`, as `spvit_tf.layers.Block` builds it.
+    Written as a·n + b·n² so that `num_tokens` may also be a tensor (the schedule search's
+    differentiable token counts).
     """
     n, d, hidden = num_tokens, dim, int(dim * mlp_ratio)
-    qkv = 3 * n * d * d
-    attention = 2 * n * n * d  # q·kᵀ logits, then weights·v
-    proj = n * d * d
-    mlp = 2 * n * d * hidden
-    return qkv + attention + proj + mlp
+    linear = 3 * d * d + d * d + 2 * d * hidden  # qkv, output projection, MLP
+    quadratic = 2 * d  # q·kᵀ logits, then weights·v
+    return linear * n + quadratic * n * n
 
 
 def conv_macs(out_positions, out_channels, macs_per_output):
@@ -73,91 +72,46 @@ def pool_macs(out_grid, in_dim, out_dim, non_spatial_tokens, kernel=3):
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage:
-    """A run of blocks at one width over one token grid (a ViT is a single stage)."""
-
-    dim: int
-    depth: int
-    grid: tuple
-    heads: int
-
-    @property
-    def num_patches(self):
-        return self.grid[0] * self.grid[1]
-
-
-@dataclasses.dataclass(frozen=True)
 class Architecture:
-    """What the cost model needs of a model: its stages and the MACs outside the blocks.
+    """What the cost model needs of a model: its token schedule and the MACs outside blocks.
 
-    Token-independent parts are priced once here; `cost` adds the blocks for a given
-    number of tokens per block, which is what pruning changes.
+    Token-independent parts are priced once here; `cost` adds the blocks and pruning steps
+    for the tokens the `schedule` (`spvit_tf.geometry.TokenSchedule`) gives each of them,
+    which is what pruning changes.
     """
 
     name: str
-    num_prefix_tokens: int
     mlp_ratio: float
-    stages: tuple
+    schedule: TokenSchedule
     embed_macs: int
     head_macs: int
-    pruning: PruningConfig = None
 
     @property
-    def depth(self):
-        return sum(stage.depth for stage in self.stages)
+    def pruning(self):
+        return self.schedule.pruning
 
-    @property
-    def block_stages(self):
-        """Stage index of each block, in global block order."""
-        return tuple(s for s, stage in enumerate(self.stages) for _ in range(stage.depth))
-
-    def dense_tokens(self):
-        """Tokens each block sees without pruning: prefix tokens + the stage's grid."""
-        return tuple(self.num_prefix_tokens + self.stages[s].num_patches for s in self.block_stages)
-
-    def schedule(self):
-        """Per block (patch tokens, package tokens) it sees under the pruning config."""
-        config, stages = self.pruning, self.block_stages
-        if config is None:
-            return tuple((self.stages[s].num_patches, 0) for s in stages)
-        counts = config.token_counts(
-            [self.stages[stages[loc]].num_patches for loc in config.locations]
-        )
-        kept = dict(zip(config.locations, counts))
-        plan, packages = [], 0
-        for i, s in enumerate(stages):
-            patches = self.stages[s].num_patches if i == 0 or stages[i - 1] != s else plan[-1][0]
-            if i in kept:
-                patches, packages = kept[i], packages + config.has_package
-            plan.append((patches, packages))
-        return tuple(plan)
+    def with_pruning(self, pruning):
+        """The same model under another pruning config (None: dense)."""
+        return dataclasses.replace(self, schedule=self.schedule.with_pruning(pruning))
 
     def pruning_macs(self):
         """Per pruning location: (scorer MACs, token-movement MACs).
 
-        Each is the method object's `step_macs` of the location (see the module docstring);
-        with `selection="matmul"` PiT's last location in a stage adds the permutation matmul
-        putting the stage's tokens back on the grid. `gather` moves tokens with
-        TOPK_V2/GATHER, which cost no MACs.
+        Each is the method object's `step_macs` of the location's `StepShape` (see the module
+        docstring); with `selection="matmul"`, when the schedule tracks the grid (PiT), the
+        last location in a stage adds the permutation matmul putting the stage's tokens back
+        on the grid. `gather` moves tokens with TOPK_V2/GATHER, which cost no MACs.
         """
-        config = self.pruning
+        schedule, config = self.schedule, self.pruning
         if config is None:
             return (), ()
         method = config.method_object
-        plan, stages, scorer, movement = self.schedule(), self.block_stages, [], []
-        for loc in config.locations:
-            stage = self.stages[stages[loc]]
-            same_stage = loc and stages[loc - 1] == stages[loc]
-            n = plan[loc - 1][0] if same_stage else stage.num_patches
-            packages_in = plan[loc][1] - config.has_package
-            d, grid, pit = stage.dim, stage.num_patches, len(self.stages) > 1
-            shape = StepShape(n, plan[loc][0], self.num_prefix_tokens, packages_in, d,
-                              stage.heads, config.selection, track_grid=pit)
-            scored, moved = method.step_macs(shape)
-            if config.selection == "matmul":
-                later = [i for i in config.locations if i > loc and stages[i] == stages[loc]]
-                if pit and not later:
-                    moved += grid * grid * d  # PiT: the inverse permutation back to the grid
+        scorer, movement = [], []
+        for step in schedule.steps:
+            scored, moved = method.step_macs(schedule.step_shape(step.index))
+            if config.selection == "matmul" and schedule.tracks_grid and step.last_in_stage:
+                stage = schedule.stages[step.stage]
+                moved += stage.num_patches * stage.num_patches * stage.dim  # back to the grid
             scorer.append(scored)
             movement.append(moved)
         return tuple(scorer), tuple(movement)
@@ -167,28 +121,26 @@ class Architecture:
 
         By default the tokens the model's own pruning schedule leaves (dense without one).
         """
-        plan = self.schedule()
+        schedule = self.schedule
         if tokens_per_block is None:
-            tokens = tuple(self.num_prefix_tokens + n + p for n, p in plan)
+            tokens = schedule.tokens_per_block
         else:
             tokens = self._checked(tokens_per_block)
-        dims = tuple(self.stages[s].dim for s in self.block_stages)
+        dims = tuple(schedule.stages[s].dim for s in schedule.block_stages)
         scorer, movement = self.pruning_macs()
-        pools = []
-        for s in range(1, len(self.stages)):
-            carried = plan[self.block_stages.index(s) - 1][1]
-            prev, stage = self.stages[s - 1], self.stages[s]
-            pools.append(
-                pool_macs(stage.grid, prev.dim, stage.dim, self.num_prefix_tokens + carried)
-            )
+        stages = schedule.stages
+        pools = tuple(
+            pool_macs(stage.grid, stages[s - 1].dim, stage.dim, schedule.non_spatial_into(s))
+            for s, stage in enumerate(stages) if s
+        )
         return ModelCost(
             name=self.name,
             tokens_per_block=tokens,
             block_dims=dims,
-            block_stages=self.block_stages,
+            block_stages=schedule.block_stages,
             block_macs=tuple(block_macs(n, d, self.mlp_ratio) for n, d in zip(tokens, dims)),
             embed_macs=self.embed_macs,
-            pool_macs=tuple(pools),
+            pool_macs=pools,
             head_macs=self.head_macs,
             locations=self.pruning.locations if self.pruning else (),
             scorer_macs=scorer,
@@ -196,17 +148,17 @@ class Architecture:
         )
 
     def _checked(self, tokens_per_block):
-        tokens = list(tokens_per_block)
-        if len(tokens) != self.depth:
+        tokens, depth = list(tokens_per_block), self.schedule.depth
+        if len(tokens) != depth:
             raise SpvitError(
-                f"tokens_per_block has {len(tokens)} entries but {self.name} has {self.depth} "
+                f"tokens_per_block has {len(tokens)} entries but {self.name} has {depth} "
                 "blocks: give one token count per block, in global block order"
             )
         try:
             tokens = tuple(operator.index(n) for n in tokens)
         except TypeError:
             raise SpvitError(f"token counts must be integers, got {tokens}") from None
-        low = self.num_prefix_tokens
+        low = self.schedule.num_prefix
         bad = [(i, n) for i, n in enumerate(tokens) if n < low]
         if bad:
             raise SpvitError(
@@ -245,73 +197,27 @@ class ModelCost:
         return self.total_macs / GIGA
 
 
-def _pair(size):
-    return (size, size) if isinstance(size, int) else tuple(size)
-
-
-def _grid(name, image_size, patch_size, stride):
-    grid = tuple((s - patch_size) // stride + 1 for s in _pair(image_size))
-    if min(grid) < 1:
-        raise SpvitError(
-            f"{name}: image_size {image_size} is smaller than patch_size {patch_size}"
-        )
-    return grid
-
-
-def _head_macs(config, dim):
-    return dim * config["num_classes"] * (2 if config["distilled"] else 1)
-
-
-def _vit(name, config):
-    dim, patch = config["embed_dim"], config["patch_size"]
-    grid = _grid(name, config["image_size"], patch, patch)
-    stage = Stage(dim, config["depth"], grid, config["num_heads"])
-    return Architecture(
-        name=name,
-        num_prefix_tokens=2 if config["distilled"] else 1,
-        mlp_ratio=config["mlp_ratio"],
-        stages=(stage,),
-        embed_macs=conv_macs(stage.num_patches, dim, patch * patch * config["in_chans"]),
-        head_macs=_head_macs(config, dim),
-        pruning=PruningConfig.from_any(config.get("pruning")),
-    )
-
-
-def _pit(name, config):
-    patch, prefix = config["patch_size"], 2 if config["distilled"] else 1
-    dims = [b * h for b, h in zip(config["base_dims"], config["heads"])]
-    grids = [_grid(name, config["image_size"], patch, config["stride"])]
-    for _ in config["depth"][1:]:
-        # pit.pooled_size (kernel 3, stride 2, padding 1), restated to stay TensorFlow-free.
-        grids.append(tuple((g - 1) // 2 + 1 for g in grids[-1]))
-    stages = tuple(
-        Stage(d, n, g, h) for d, n, g, h in zip(dims, config["depth"], grids, config["heads"])
-    )
-    return Architecture(
-        name=name,
-        num_prefix_tokens=prefix,
-        mlp_ratio=config["mlp_ratio"],
-        stages=stages,
-        embed_macs=conv_macs(stages[0].num_patches, dims[0], patch * patch * config["in_chans"]),
-        head_macs=_head_macs(config, dims[-1]),
-        pruning=PruningConfig.from_any(config.get("pruning")),
-    )
-
-
-_FAMILIES = {"vit": _vit, "pit": _pit}
-
-
 def architecture_from_config(family, config, name=""):
-    """`Architecture` of a `family` ("vit" or "pit") model with constructor `config`."""
-    if family not in _FAMILIES:
-        raise SpvitError(f"no cost model for family {family!r}; known: {sorted(_FAMILIES)}")
-    return _FAMILIES[family](name or family, config)
+    """`Architecture` of a `family` ("vit" or "pit") model with constructor `config`.
+
+    Tokens and stages come from `spvit_tf.geometry.schedule_from_config`; outside the blocks,
+    the patch embedding is a conv onto the first stage's grid and the classifier reads the
+    last stage's width (a second head when distilled)."""
+    schedule = schedule_from_config(family, config)
+    first, last, patch = schedule.stages[0], schedule.stages[-1], config["patch_size"]
+    return Architecture(
+        name=name or family,
+        mlp_ratio=config["mlp_ratio"],
+        schedule=schedule,
+        embed_macs=conv_macs(first.num_patches, first.dim, patch * patch * config["in_chans"]),
+        head_macs=last.dim * config["num_classes"] * (2 if config["distilled"] else 1),
+    )
 
 
 def architecture(name_or_model, **overrides):
     """`Architecture` of a registered name (with registry overrides) or of a model instance."""
     if isinstance(name_or_model, str):
-        from spvit_tf.registry import model_config
+        from spvit_tf.models import model_config
 
         model_cls, config = model_config(name_or_model, **overrides)
         return architecture_from_config(model_cls.family, config, name_or_model)
@@ -335,7 +241,7 @@ def model_cost(name_or_model, tokens_per_block=None, **overrides):
 
 def count_params(name, **overrides):
     """Exact parameter count; builds the Keras model, so it needs TensorFlow."""
-    from spvit_tf.registry import create_model
+    from spvit_tf.models import create_model
 
     return create_model(name, **overrides).count_params()
 
@@ -390,36 +296,8 @@ def _parse_tokens(text):
         ) from None
 
 
-@contextlib.contextmanager
-def _stderr_silenced():
-    """Mutes file descriptor 2: TensorFlow's C++ start-up logging ignores TF_CPP_MIN_LOG_LEVEL
-    and would bury the CLI's one-line errors under its banner."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def pruning_from_flags(method, locations, keep_ratios, selection="gather"):
-    """A pruning dict from the CLIs' flags (`--pruning_locations=3,6,9` etc.)."""
-    try:
-        locations = [int(v) for v in locations]
-        keep_ratios = [float(v) for v in keep_ratios]
-    except ValueError:
-        raise SpvitError(
-            "--pruning_locations takes comma-separated block indices and --keep_ratios "
-            "comma-separated fractions, e.g. --pruning_locations=3,6,9 --keep_ratios=0.7,0.49,0.343"
-        ) from None
-    return PruningConfig(method, tuple(locations), tuple(keep_ratios), selection).to_dict()
-
-
 def main(argv):
-    with _stderr_silenced():
+    with stderr_silenced():
         import spvit_tf.models  # noqa: F401  (the registry's names; pulls in TensorFlow)
     FLAGS = flags.FLAGS
     if len(argv) > 1:

@@ -27,7 +27,7 @@ graph's median of per-round medians (a load burst on a shared machine then hits 
 many graphs, not one graph); over adb android_benchmark/run_benchmark.py's `benchmark_model`
 (cpu backend), with the same meaning of --num_threads, --runs and --warmup.
 
-Output (`spvit_tf.latency_table.v1`, read by `spvit_tf.budget.load_latency_table`):
+Output (`spvit_tf.latency_table.v1`, read by `load_latency_table`):
 
     {"format": "spvit_tf.latency_table.v1", "model": NAME, "model_config": {create_model
      overrides, no pruning}, "tflite_format": "fp32" | "int8" | ..., "target": "host" |
@@ -43,6 +43,7 @@ patch-token counts entering a pruning location for `selector_ms`/`prune_ms`.
 import concurrent.futures
 import datetime
 import json
+import math
 import multiprocessing
 import os
 import pathlib
@@ -67,6 +68,106 @@ PACKAGE_ROOM = 4
 # flows; int16x8 runs on reference kernels).
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
 RUN_BENCHMARK = pathlib.Path(__file__).resolve().parents[1] / "android_benchmark/run_benchmark.py"
+
+
+# ---- the table format ----
+
+
+def _is_ms(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+def _check_stage(stage, s, source):
+    where = f"{source}: stage {s}"
+    keys = ("dim", "heads", "blocks", "tokens", "block_ms", "selector_ms", "prune_ms")
+    if not isinstance(stage, dict) or set(keys) - set(stage):
+        present = sorted(stage) if isinstance(stage, dict) else type(stage).__name__
+        raise SpvitError(f"{where} needs keys {list(keys)}, has {present}")
+    tokens = stage["tokens"]
+    if (
+        not isinstance(tokens, list) or not tokens
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in tokens)
+        or tokens != sorted(set(tokens))
+    ):
+        raise SpvitError(f"{where} 'tokens' must be increasing positive integers, got {tokens!r}")
+    for key in ("block_ms", "selector_ms", "prune_ms"):
+        values = stage[key]
+        if not isinstance(values, list) or len(values) != len(tokens):
+            raise SpvitError(f"{where} '{key}' needs one time per token count ({len(tokens)})")
+        if not all(_is_ms(v) for v in values):
+            raise SpvitError(f"{where} '{key}' must hold finite non-negative ms, got {values!r}")
+    if not isinstance(stage["blocks"], list) or not all(
+        isinstance(b, int) and not isinstance(b, bool) for b in stage["blocks"]
+    ):
+        raise SpvitError(f"{where} 'blocks' must be a list of block indices")
+
+
+def validate_latency_table(table, source="latency table"):
+    """Checks a table's structure (see `load_latency_table`); returns it unchanged."""
+    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT:
+        found = table.get("format") if isinstance(table, dict) else type(table).__name__
+        raise SpvitError(
+            f"{source} is not a {TABLE_FORMAT} table (format: {found!r}); measure one with "
+            "python -m spvit_tf.latency_table"
+        )
+    if not isinstance(table.get("model"), str) or not isinstance(table.get("model_config"), dict):
+        raise SpvitError(f"{source} needs 'model' (a registered name) and 'model_config' (a dict)")
+    if not isinstance(table.get("tflite_format", "fp32"), str):
+        raise SpvitError(f"{source}: 'tflite_format' must be an export format name like 'int8'")
+    if "pruning" in table["model_config"]:
+        raise SpvitError(f"{source}: 'model_config' must describe the dense model (no 'pruning')")
+    stages = table.get("stages")
+    if not isinstance(stages, list) or not stages:
+        raise SpvitError(f"{source} needs a non-empty 'stages' list")
+    for s, stage in enumerate(stages):
+        _check_stage(stage, s, source)
+    blocks = sorted(b for stage in stages for b in stage["blocks"])
+    if blocks != list(range(len(blocks))):
+        raise SpvitError(f"{source}: stage 'blocks' must cover 0..depth-1 once each, got {blocks}")
+    fixed = table.get("fixed_ms")
+    if not isinstance(fixed, dict) or not all(_is_ms(v) for v in fixed.values()):
+        raise SpvitError(f"{source} needs 'fixed_ms': a dict of part name -> non-negative ms")
+    return table
+
+
+def load_latency_table(path, model=None):
+    """Reads and validates a latency table JSON; with `model`, also checks it was measured
+    for that registered name. Every problem is one `SpvitError` line.
+
+    Format (`spvit_tf.latency_table.v1`): per stage, `tokens` is the increasing grid of
+    sequence lengths measured; `block_ms[i]` one block's time over `tokens[i]` tokens (all
+    tokens it processes, prefix and packages included); `selector_ms[i]`/`prune_ms[i]` a
+    pruning location's selector and selection+package time when `tokens[i]` patch tokens
+    enter it. `fixed_ms` holds the token-independent parts (patch embedding, pooling, head).
+    `tflite_format` names the export format the parts were timed in (fp32 when absent: tables
+    written before it was recorded).
+    """
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpvitError(
+            f"latency table {path} not found; measure one with python -m spvit_tf.latency_table"
+        ) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SpvitError(f"cannot read latency table {path}: {error}") from None
+    try:
+        table = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SpvitError(
+            f"latency table {path} is not valid JSON (line {error.lineno}: {error.msg})"
+        ) from None
+    validate_latency_table(table, f"latency table {path}")
+    table.setdefault("tflite_format", "fp32")
+    if model is not None and table["model"] != model:
+        raise SpvitError(
+            f"latency table {path} was measured for {table['model']}, not {model}: measure "
+            f"{model} or pass the matching model"
+        )
+    return table
+
+
+# ---- token grids ----
 
 
 def token_grid(dense_tokens, spec="auto"):
@@ -109,8 +210,7 @@ def trained_like(layer, seed=0, scale=0.02):
 
     A fresh model's zero biases and unit LayerNorm scales are constants the TFLite converter
     may remove with their ADDs and MULs, which a trained model keeps: timing fresh models can
-    under-count (the selector's former BATCH_MATMUL layout at 196 tokens: 70 us fresh, 94 us
-    with every weight set).
+    under-count.
     """
     rng = np.random.default_rng(seed)
     for weight in layer.trainable_weights:
@@ -158,72 +258,48 @@ def prune_graph(dim, heads, patches, num_prefix, grid, track_grid):
     """One gather-mode pruning step keeping half: selection and package token, and for PiT
     the parking of dropped tokens and the grid restore its stage pays once at its end (a
     stage with two locations is over-estimated by one restore)."""
+    from spvit_tf.geometry import Stage, TokenSchedule
     from spvit_tf.pruning.tokens import TokenPruner, TokenState
 
     pruning = dict(method="spvit", locations=(0,), keep_ratios=(0.5,))
-    pruner = TokenPruner(pruning, (dim,), (heads,), (grid[0] * grid[1],), (grid,))
+    schedule = TokenSchedule((Stage(dim, heads, grid, 0, 1),), num_prefix, pruning, track_grid)
+    pruner = TokenPruner(schedule)
     pruner.build()
     x, scores = _inputs((num_prefix + patches, dim), (patches,))
     state = TokenState.start(x, num_prefix, patches, masked=False, track_grid=track_grid)
-    new, _ = pruner._gather(state, scores, max(1, patches // 2))
+    new, _ = pruner.gather(state, scores, max(1, patches // 2))
     outputs = [new.x] + ([new.full_grid_patches()] if track_grid else [])
     return _keras_graph([x, scores], outputs)
 
 
 def embed_graph(model):
-    """Patch embedding up to the first block's input sequence."""
-    from keras import ops
-
+    """Patch embedding up to the first block's input sequence (the model's `embed_tokens`)."""
     (images,) = _inputs((*model.image_size, model.in_chans))
-    if type(model).family == "vit":
-        return _keras_graph(images, model.embed(images))
-    grid, prefix = model.embed(images)
-    h, w = model.grid_sizes[0]
-    tokens = ops.concatenate([prefix, ops.reshape(grid, (1, h * w, model.dims[0]))], axis=1)
-    return _keras_graph(images, tokens)
-
-
-def _pool(model, s, x):
-    """PiT's stage transition s-1 -> s on a token sequence: to a grid, pooled, flattened."""
-    from keras import ops
-
-    P, (h, w), dim = model.num_prefix_tokens, model.grid_sizes[s - 1], model.dims[s - 1]
-    grid, prefix = model.pools[s](ops.reshape(x[:, P:], (1, h, w, dim)), x[:, :P])
-    (h, w), dim = model.grid_sizes[s], model.dims[s]
-    return ops.concatenate([prefix, ops.reshape(grid, (1, h * w, dim))], 1)
+    return _keras_graph(images, model.embed_tokens(images))
 
 
 def pool_graph(model, s):
-    P, (h, w) = model.num_prefix_tokens, model.grid_sizes[s - 1]
-    (x,) = _inputs((P + h * w, model.dims[s - 1]))
-    return _keras_graph(x, _pool(model, s, x))
+    """The model's transition into stage `s` (`pool_sequence`) on the dense sequence."""
+    before = model.stages[s - 1]
+    (x,) = _inputs((model.num_prefix_tokens + before.num_patches, before.dim))
+    return _keras_graph(x, model.pool_sequence(s, x))
 
 
 def dense_prefix_graph(model, last):
     """The dense model from the image to the end of stage `last` (its blocks, pools between)."""
     (images,) = _inputs((*model.image_size, model.in_chans))
     x = embed_graph(model)(images)
-    for s, (_, _, blocks, _) in enumerate(stages_of(model)[: last + 1]):
-        x = _pool(model, s, x) if s else x
-        for i in blocks:
+    for s, stage in enumerate(model.stages[: last + 1]):
+        x = model.pool_sequence(s, x) if s else x
+        for i in stage.blocks:
             x = model.blocks[i](x)
     return _keras_graph(images, x)
 
 
-def head_graph(model, tokens):
-    """Final norm and classifier; ViT normalises every token, PiT only the prefix."""
-    (x,) = _inputs((tokens, model.embed_dim))
-    if type(model).family == "pit":
-        return _keras_graph(x, model.classify(model.norm(x[:, : model.num_prefix_tokens])))
-    return _keras_graph(x, model.classify(model.norm(x)))
-
-
-def stages_of(model):
-    """(dim, heads, block indices, grid) per stage of a ViT or PiT model."""
-    if type(model).family == "vit":
-        return [(model.embed_dim, model.num_heads, list(range(model.depth)), model.grid_size)]
-    return [(d, h, list(stage), g)
-            for d, h, stage, g in zip(model.dims, model.heads, model.stages, model.grid_sizes)]
+def head_graph(model):
+    """Final norm and classifier over the `head_tokens` the model's `final_logits` reads."""
+    (x,) = _inputs((model.head_tokens, model.stages[-1].dim))
+    return _keras_graph(x, model.final_logits(x))
 
 
 def component_graphs(model, spec="auto"):
@@ -231,25 +307,26 @@ def component_graphs(model, spec="auto"):
 
     Parts are timed alone, and the dense model once more up to the end of each stage: inside
     the model a block also streams its weights back in after the other blocks evicted them
-    from the caches, a cost alone-timing misses (a third of a PiT-Ti last-stage block on x86;
-    more on phones, whose caches are smaller). `measure_table` adds each stage's in-model
+    from the caches, a cost alone-timing misses. `measure_table` adds each stage's in-model
     excess per block, which does not depend on the token count, to its lone block timings.
     """
     graphs, stages = {"patch_embed": embed_graph(model)}, []
-    P, pit = model.num_prefix_tokens, type(model).family == "pit"
-    for s, (dim, heads, blocks, grid) in enumerate(stages_of(model)):
+    P, tracks_grid = model.num_prefix_tokens, model.schedule.tracks_grid
+    for s, stage in enumerate(model.stages):
         if s:
             graphs[f"pool_{s}"] = pool_graph(model, s)
-        dense = P + grid[0] * grid[1]
+        dense = P + stage.num_patches
         tokens = sorted(set(token_grid(dense, spec)) | {dense})
         for t in tokens:
-            graphs[f"stage{s}_block_{t}"] = block_graph(model.blocks[blocks[0]], t)
-            graphs[f"stage{s}_selector_{t}"] = selector_graph(dim, heads, t)
-            graphs[f"stage{s}_prune_{t}"] = prune_graph(dim, heads, t, P, grid, pit)
+            graphs[f"stage{s}_block_{t}"] = block_graph(model.blocks[stage.first_block], t)
+            graphs[f"stage{s}_selector_{t}"] = selector_graph(stage.dim, stage.heads, t)
+            graphs[f"stage{s}_prune_{t}"] = prune_graph(
+                stage.dim, stage.heads, t, P, stage.grid, tracks_grid
+            )
         graphs[f"stage{s}_in_model"] = dense_prefix_graph(model, s)
-        stages.append({"dim": dim, "heads": heads, "blocks": blocks, "tokens": tokens,
-                       "dense_tokens": dense})
-    graphs["head"] = head_graph(model, P if pit else P + grid[0] * grid[1])
+        stages.append({"dim": stage.dim, "heads": stage.heads, "blocks": list(stage.blocks),
+                       "tokens": tokens, "dense_tokens": dense})
+    graphs["head"] = head_graph(model)
     return graphs, stages
 
 
@@ -364,7 +441,7 @@ def measure_table(name, target="host", num_threads=1, tokens="auto", runs=50, wa
                   rounds=3, binary=None, adb=None, fmt="fp32", **config):
     """The latency table of registered model `name` with create_model overrides `config`,
     its parts converted to export format `fmt`."""
-    from spvit_tf.registry import create_model
+    from spvit_tf.models import create_model
 
     if config.get("pruning"):
         raise SpvitError("a latency table times the dense model's parts; drop the pruning options")
@@ -421,9 +498,9 @@ def main(argv):
     if FLAGS.target != "host" and not FLAGS.target.startswith("adb"):
         raise SpvitError(f"--target must be host or adb[:serial], got {FLAGS.target!r}")
     token_grid(2, FLAGS.tokens)  # rejects a bad --tokens before anything is built
-    from spvit_tf.flops import _stderr_silenced
+    from spvit_tf.errors import stderr_silenced
 
-    with _stderr_silenced():
+    with stderr_silenced():
         import tensorflow  # noqa: F401  (its C++ banner would bury our messages)
     logging.set_verbosity(logging.WARNING)
     table = measure_table(

@@ -2,6 +2,10 @@
 
 `create_model` is the one entry point users and the CLIs share (timm's habit): it resolves the
 config, builds the weights and optionally imports a checkpoint.
+
+The registry imports no model: each family module registers its names when imported (timm's
+habit), and `spvit_tf.models` imports every family and re-exports these functions, so
+`from spvit_tf.models import create_model` (or `spvit_tf.create_model`) sees every name.
 """
 
 import fnmatch
@@ -29,22 +33,15 @@ def register_model(name, model_cls, **config):
     _REGISTRY[name] = (model_cls, defaults | config)
 
 
-def _register_families():
-    import spvit_tf.models  # noqa: F401  (importing a family registers its models)
-
-
 def list_models(pattern="*"):
     """Sorted registered names matching a shell-style `pattern`."""
-    _register_families()
     return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
 
 
 def _lookup(name):
-    _register_families()
     if name not in _REGISTRY:
-        raise SpvitError(
-            f"unknown model {name!r}; choose one of: {', '.join(list_models())}"
-        )
+        known = ", ".join(list_models()) or "none registered (import spvit_tf.models first)"
+        raise SpvitError(f"unknown model {name!r}; choose one of: {known}")
     return _REGISTRY[name]
 
 

@@ -162,7 +162,7 @@ def check_flags():
 def resolve_pruning(overrides, depth):
     """The run's pruning dict (None for dense): explicit ratios or a schedule from the budget,
     moved off latency steps with --align_to_latency_steps."""
-    from spvit_tf.flops import pruning_from_flags
+    from spvit_tf.pruning.config import pruning_from_flags
 
     mode = FLAGS.mode
     if mode == "dense":
@@ -196,11 +196,12 @@ def resolve_pruning(overrides, depth):
 
 def budget_ratios(mode, locations, overrides):
     """Keep ratios of the mildest schedule meeting --budget_gflops or --budget_ms."""
-    from spvit_tf import budget
+    from spvit_tf import budget, latency_table
 
     cost, table, unit = "gflops", None, "GFLOPs"
     if FLAGS.budget_gflops is None:
-        cost, table = "latency", budget.load_latency_table(FLAGS.latency_table, model=FLAGS.model)
+        table = latency_table.load_latency_table(FLAGS.latency_table, model=FLAGS.model)
+        cost = "latency"
         unit = f"ms {table['tflite_format']} on {table['target']}"
     ratios, predicted, dense = budget.schedule_for_budget(
         FLAGS.model,
@@ -267,30 +268,26 @@ def _peer_errors():
 def search_budget_loss(model, records, target_fraction):
     """Differentiable FLOPs fraction of the sampled decisions vs `target_fraction` (search).
 
-    A block over n tokens costs a·n + b·n² MACs (a = 4D² + 2·D·hidden, b = 2D, as in
-    flops.block_macs); each block's patch count is its stage's grid times the mean keep
-    decision of the last selector before it.
+    Each block is priced by `flops.block_macs` over its prefix tokens plus its stage's grid
+    times the mean keep decision of the location whose count it sees (its schedule's
+    `BlockTokens.location`; the whole grid before a stage's first location).
     """
     from keras import ops
 
-    from spvit_tf.flops import architecture
+    from spvit_tf.flops import block_macs
 
-    arch = architecture(model)
+    schedule = model.schedule
     means = [ops.mean(r["decision"], axis=1) for r in records]  # (B,) per location
-    locations = model.pruner.locations
-    dense, cost, latest = 0.0, 0.0, None
-    for i, s in enumerate(arch.block_stages):
-        stage = arch.stages[s]
-        if i == 0 or arch.block_stages[i - 1] != s:
-            latest = None
-        if i in locations:
-            latest = means[locations.index(i)]
-        d, hidden = stage.dim, int(stage.dim * arch.mlp_ratio)
-        a, b = 4 * d * d + 2 * d * hidden, 2 * d
-        full = arch.num_prefix_tokens + stage.num_patches
-        n = full if latest is None else arch.num_prefix_tokens + stage.num_patches * latest
-        dense += a * full + b * full * full
-        cost = cost + a * n + b * n * n
+    dense, cost = 0.0, 0.0
+    for block in schedule.blocks:
+        stage = schedule.stages[block.stage]
+        full = block.prefix + stage.num_patches
+        if block.location is not None:
+            n = block.prefix + stage.num_patches * means[block.location]
+        else:
+            n = full
+        dense += block_macs(full, stage.dim, model.mlp_ratio)
+        cost = cost + block_macs(n, stage.dim, model.mlp_ratio)
     return (cost / dense - target_fraction) ** 2
 
 
@@ -301,7 +298,7 @@ class Trainer:
         import keras
         import tensorflow as tf
 
-        from spvit_tf.registry import create_model
+        from spvit_tf.models import create_model
         from spvit_tf.schedules import CappedSchedule
 
         self.strategy, self.run = strategy, run
@@ -510,7 +507,7 @@ class Trainer:
 
 def _stage_starts(model):
     """First block of every stage after the first (PiT); empty for a plain ViT."""
-    return {stage.start for stage in getattr(model, "stages", ())[1:]}
+    return {stage.first_block for stage in model.stages[1:]}
 
 
 def search_schedule(trainer, eval_data):
@@ -761,7 +758,8 @@ def main(argv):
     import keras
 
     from spvit_tf import data
-    from spvit_tf.registry import model_config
+    from spvit_tf.geometry import schedule_from_config
+    from spvit_tf.models import model_config
     from spvit_tf.workdir import atomic_write, read_run, write_run
 
     if FLAGS.precision != "float32":
@@ -776,8 +774,8 @@ def main(argv):
     overrides.update(num_classes=len(train_split.class_names), drop_path_rate=FLAGS.drop_path)
     if FLAGS.image_size:
         overrides["image_size"] = FLAGS.image_size
-    _, config = model_config(FLAGS.model, **overrides)
-    depth = config["depth"] if isinstance(config["depth"], int) else sum(config["depth"])
+    model_cls, config = model_config(FLAGS.model, **overrides)
+    depth = schedule_from_config(model_cls.family, {**config, "pruning": None}).depth
     pruning = resolve_pruning(overrides, depth)
     if pruning is not None:
         overrides["pruning"] = pruning

@@ -55,16 +55,15 @@ def keep_maps(model, pixels, mean, std):
     """
     normalised = (pixels.astype(np.float32) - mean) / std
     output = model.forward(normalised, training=False, mode="gather")
-    pruner, maps, previous = model.pruner, [], {}
-    for j, record in enumerate(output.records):
-        h, w = pruner.grid_sizes[j]
+    maps, previous = [], {}
+    for step, record in zip(model.schedule.steps, output.records):
+        h, w = step.grid
         index = np.asarray(record["index"])
         kept = np.zeros((len(pixels), h * w), bool)
         np.put_along_axis(kept, index, True, axis=1)
-        stage = pruner.stage_tokens[j], pruner.grid_sizes[j]
-        before = previous.get(stage, np.ones_like(kept))
+        before = previous.get(step.stage, np.ones_like(kept))
         maps.append((kept.reshape(-1, h, w), (before & ~kept).reshape(-1, h, w)))
-        previous[stage] = kept
+        previous[step.stage] = kept
     return maps
 
 
@@ -122,9 +121,9 @@ def visualize(workdir, images=(), num_images=6, output="token_keep.png"):
         names = [classes[label] for label in labels]
     mean, std = pixel_scale(run["mean"], "run.json mean"), pixel_scale(run["std"], "run.json std")
     maps = keep_maps(model, pixels, mean, std)
-    config, pruner = model.pruner.config, model.pruner
-    titles = [f"block {loc}: keep {k}/{g[0] * g[1]}"
-              for loc, k, g in zip(config.locations, pruner.counts, pruner.grid_sizes)]
+    config = model.pruner.config
+    titles = [f"block {step.block}: keep {step.kept}/{step.stage_patches}"
+              for step in model.schedule.steps]
     fate = config.method_object.fate
     note = (f"{pathlib.Path(workdir).name} ({config.method}): red = dropped at this selector, "
             f"{fate}; faded = dropped earlier")

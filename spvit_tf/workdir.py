@@ -127,7 +127,7 @@ def read_run(workdir):
 
 def load_model(workdir, weights=None):
     """(model, run) with the final weights (or `weights`) of a training workdir loaded."""
-    from spvit_tf.registry import create_model
+    from spvit_tf.models import create_model
 
     run = read_run(workdir)
     weights = weights or os.path.join(workdir, FINAL_WEIGHTS)

@@ -4,7 +4,7 @@ import logging
 import numpy as np
 import pytest
 
-from spvit_tf import budget, flops
+from spvit_tf import budget, flops, latency_table
 from spvit_tf.errors import SpvitError
 
 DEIT = "deit_tiny_patch16_224"
@@ -162,7 +162,7 @@ def linear(coeffs, tokens):
 
 def synthetic_table(grid=(1, 20, 40, 70)):
     return {
-        "format": budget.TABLE_FORMAT, "model": DEIT, "model_config": dict(TINY),
+        "format": latency_table.TABLE_FORMAT, "model": DEIT, "model_config": dict(TINY),
         "target": "host", "device": "test", "backend": "cpu", "num_threads": 1,
         "stages": [{
             "dim": 48, "heads": 3, "blocks": [0, 1, 2, 3], "tokens": list(grid),
@@ -198,7 +198,7 @@ def test_predict_latency_is_fixed_plus_blocks_plus_locations():
 
 def test_latency_table_round_trip_prices_a_schedule(tmp_path):
     path = write(tmp_path, synthetic_table())
-    table = budget.load_latency_table(path, model=DEIT)
+    table = latency_table.load_latency_table(path, model=DEIT)
     assert table["tflite_format"] == "fp32"  # a table without the key was timed in fp32
     spvit = budget.latency_cost(table, DEIT, dict(TINY, pruning=dict(locations=(2,))))
     fixed, location = sum(FIXED.values()), linear(SELECTOR, [64])[0] + linear(PRUNE, [64])[0]
@@ -218,7 +218,7 @@ def test_schedule_for_a_latency_budget(tmp_path):
     ratios, cost, dense = budget.schedule_for_budget(DEIT, budget=2.2, **common)
     assert cost <= 2.2 < dense
     cost_fn = budget.latency_cost(
-        budget.load_latency_table(path), DEIT, dict(TINY, pruning=dict(locations=(1, 2, 3)))
+        latency_table.load_latency_table(path), DEIT, dict(TINY, pruning=dict(locations=(1, 2, 3)))
     )
     assert cost_fn(ratios) == pytest.approx(cost)
     assert cost_fn(geometric(ratios[0] + 0.01)) > 2.2
@@ -254,13 +254,13 @@ def test_align_to_latency_steps_drops_tokens_that_cost_a_tile(tmp_path, method, 
     )
     assert aligned.counts == counts
     cost_fn = budget.latency_cost(
-        budget.load_latency_table(path), DEIT,
+        latency_table.load_latency_table(path), DEIT,
         dict(TINY, pruning=dict(method=method, locations=locations)),
     )
     assert aligned.predicted_ms == pytest.approx(cost_fn(aligned.keep_ratios))
     assert aligned.unaligned_ms == pytest.approx(cost_fn(ratios))
     assert aligned.predicted_ms <= aligned.unaligned_ms
-    config = flops.architecture(DEIT, **TINY).stages[0].num_patches
+    config = flops.architecture(DEIT, **TINY).schedule.stages[0].num_patches
     assert tuple(round(r * config) for r in aligned.keep_ratios) == counts
 
 
@@ -315,21 +315,21 @@ def test_bad_tables_are_one_line_errors(tmp_path, corrupt, message):
     corrupt(table)
     path = write(tmp_path, table)
     with pytest.raises(SpvitError, match=message) as error:
-        budget.load_latency_table(path)
+        latency_table.load_latency_table(path)
     assert "\n" not in str(error.value) and str(path) in str(error.value)
 
 
 def test_unreadable_or_mismatched_tables(tmp_path):
     with pytest.raises(SpvitError, match="not found"):
-        budget.load_latency_table(tmp_path / "missing.json")
+        latency_table.load_latency_table(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": ')
     with pytest.raises(SpvitError, match=r"not valid JSON \(line 1"):
-        budget.load_latency_table(bad)
+        latency_table.load_latency_table(bad)
     path = write(tmp_path, synthetic_table())
     with pytest.raises(SpvitError, match="measured for deit_tiny_patch16_224, not pit_ti_224"):
-        budget.load_latency_table(path, model="pit_ti_224")
-    table = budget.load_latency_table(path)
+        latency_table.load_latency_table(path, model="pit_ti_224")
+    table = latency_table.load_latency_table(path)
     other = dict(TINY, embed_dim=96, pruning=dict(method="spvit", locations=(2,)))
     with pytest.raises(SpvitError, match="different configuration"):
         budget.latency_cost(table, DEIT, other)

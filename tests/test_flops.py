@@ -129,7 +129,7 @@ def test_architecture_from_config_needs_no_registry():
     )
     cost = flops.architecture_from_config("vit", config).cost()
     assert cost.total_macs == EXPECTED["deit_tiny_patch16_224"][0]
-    with pytest.raises(spvit_tf.SpvitError, match="no cost model for family 'swin'"):
+    with pytest.raises(spvit_tf.SpvitError, match="no token geometry for family 'swin'"):
         flops.architecture_from_config("swin", config)
 
 

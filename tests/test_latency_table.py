@@ -63,7 +63,7 @@ def test_table_assembles_lone_parts_and_the_in_model_excess():
     stages = deit_tiny_stages()
     times = synthetic_times(stages)
     table = latency_table.assemble(MODEL, CONFIG, stages, times, "host", "test", 1, 100, 5, "int8")
-    assert budget.validate_latency_table(table)["tflite_format"] == "int8"
+    assert latency_table.validate_latency_table(table)["tflite_format"] == "int8"
     (stage,) = table["stages"]
     assert stage["tokens"][0] == 2 and 50 in stage["tokens"] and "dense_tokens" not in stage
     assert stage["in_model_ms_per_block"] == pytest.approx(EXCESS)
@@ -143,7 +143,7 @@ def test_cli_writes_a_table_the_budget_reads(tmp_path):
                      f"--output={output}")
     assert result.returncode == 0, result.stderr
     assert " int8 on " in result.stdout
-    table = budget.load_latency_table(output, model=MODEL)
+    table = latency_table.load_latency_table(output, model=MODEL)
     assert table["tflite_format"] == "int8"
     assert table["model_config"] == {"image_size": 32, "num_classes": 10}
     assert table["target"] == "host" and table["backend"] == "cpu" and table["num_threads"] == 1

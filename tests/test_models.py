@@ -1,8 +1,11 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import spvit_tf
-from conftest import timm_fixture
+from conftest import REPO, timm_fixture
 
 # Small CIFAR-shaped configs keep these tests fast on 2 cores.
 TINY_VIT = dict(image_size=32, patch_size=4, num_classes=10, embed_dim=48, depth=2, num_heads=3)
@@ -21,6 +24,14 @@ def test_registry_lists_every_paper_backbone():
         assert f"pit_{size}_224" in names
         assert f"pit_{size}_distilled_224" in names
     assert spvit_tf.list_models("pit_*") == [n for n in names if n.startswith("pit_")]
+
+
+def test_the_registry_imports_no_model():
+    """Families register themselves; the registry itself pulls in neither them nor Keras."""
+    code = ("import sys, spvit_tf.registry as r; "
+            "assert not any(m.startswith('spvit_tf.models') for m in sys.modules); "
+            "assert 'keras' not in sys.modules and r.list_models() == []")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
 @pytest.mark.parametrize("name", ["deit_tiny_patch16_224", "pit_ti_224"])
@@ -57,9 +68,9 @@ def test_any_size_and_batch(name, overrides, prefix):
 
 def test_cifar_grid_sizes():
     vit = spvit_tf.create_model("deit_tiny_patch16_224", **TINY_VIT)
-    assert vit.num_patches == 64 and tuple(vit.pos_embed.shape) == (1, 65, 48)
+    assert vit.stages[0].num_patches == 64 and tuple(vit.pos_embed.shape) == (1, 65, 48)
     pit = spvit_tf.create_model("pit_ti_224", **TINY_PIT)
-    assert pit.grid_sizes == [(15, 15), (8, 8), (4, 4)]
+    assert [stage.grid for stage in pit.stages] == [(15, 15), (8, 8), (4, 4)]
 
 
 @pytest.mark.parametrize("name,overrides", [

@@ -312,8 +312,8 @@ def test_diagnostic_rankings_swap_only_which_tokens_are_kept():
     model.pruner.ranking = "own"
     # The sort-with-the-scores path (any ranking) gives the default graph for the own scores.
     _, s = model.pruner.scores(0, state, model.blocks[1], "gather")
-    default, _ = model.pruner._gather(state, s, 48)
-    swapped, _ = model.pruner._gather(state, s, 48, ranking=s)
+    default, _ = model.pruner.gather(state, s, 48)
+    swapped, _ = model.pruner.gather(state, s, 48, ranking=s)
     np.testing.assert_allclose(swapped.x, default.x, atol=1e-6)
     with pytest.raises(spvit_tf.SpvitError, match="diagnostic of the gathered"):
         model.pruner.ranking = "random"

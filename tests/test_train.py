@@ -450,13 +450,13 @@ print(json.dumps(train.resolve_pruning(json.loads(sys.argv[2]), 3)))
 def test_keep_ratios_aligned_to_the_latency_steps_of_a_table(tmp_path):
     """A table whose blocks pay per started tile of 4 rows: keeping 8 of 16 patches puts
     1 + 8 + package = 10 tokens in blocks 1-2, two past a tile; both are dropped."""
-    from spvit_tf import budget
+    from spvit_tf import latency_table
 
     options = dict(patch_size=8, embed_dim=24, depth=3, num_heads=2, num_classes=10,
                    image_size=32)
     tokens = list(range(1, 21))
     table = {
-        "format": budget.TABLE_FORMAT, "model": "deit_tiny_patch16_224",
+        "format": latency_table.TABLE_FORMAT, "model": "deit_tiny_patch16_224",
         "model_config": options, "target": "host", "device": "test", "backend": "cpu",
         "num_threads": 1, "fixed_ms": {"patch_embed": 0.1, "head": 0.01},
         "stages": [{"dim": 24, "heads": 2, "blocks": [0, 1, 2], "tokens": tokens,

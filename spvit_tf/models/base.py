@@ -3,15 +3,40 @@
 import keras
 from keras import ops
 
-from spvit_tf.pruning.tokens import run_block
+from spvit_tf.pruning.tokens import TokenPruner, run_block
 
 
 class TokenModel(keras.Model):
-    """Base of the model families; subclasses define `embed`, `forward` and `timm_variables`.
+    """Base of the model families; subclasses define `embed`, `forward`, `final_logits`,
+    `head_tokens` and `timm_variables`.
 
-    Subclasses set `blocks` (flat, global indices), `norm`, `head`, `head_dist` (or None),
-    `pruner` (or None), `image_size` and `in_chans`.
+    Subclasses set `schedule` (their `spvit_tf.geometry.TokenSchedule`: stages, grids and
+    the tokens of every block, from the constructor arguments), `blocks` (flat, global
+    indices), `norm`, `head`, `head_dist` (or None), `pruner` (the schedule's `TokenPruner`,
+    or None when dense), `image_size` and `in_chans`. Tools ask `stages` and `schedule`
+    rather than the family.
     """
+
+    @property
+    def stages(self):
+        """The schedule's `Stage`s: width, heads, grid and block range of each."""
+        return self.schedule.stages
+
+    @property
+    def num_prefix_tokens(self):
+        return self.schedule.num_prefix
+
+    def embed_tokens(self, images, training=None):
+        """Images -> the first block's input sequence [prefix | patches] (B, P + N, D).
+
+        Families whose `embed` returns something else override it."""
+        return self.embed(images, training=training)
+
+    def pruner_for_schedule(self):
+        """The `TokenPruner` of `schedule`, or None for a dense model."""
+        if self.schedule.pruning is None:
+            return None
+        return TokenPruner(self.schedule, name="pruner")
 
     def build_weights(self):
         """Creates every variable so checkpoints can be assigned before the first call."""

@@ -3,10 +3,11 @@
 import keras
 from keras import ops
 
+from spvit_tf.geometry import pair, pit_schedule
 from spvit_tf.layers import Block, LayerNorm, dense
 from spvit_tf.models.base import TokenModel
-from spvit_tf.models.vit import _pair, block_variables
-from spvit_tf.pruning.tokens import ForwardOutput, TokenPruner, TokenState, resolve_mode
+from spvit_tf.models.vit import block_variables
+from spvit_tf.pruning.tokens import ForwardOutput, TokenState, resolve_mode
 from spvit_tf.registry import register_model
 
 
@@ -41,18 +42,14 @@ class ConvHeadPooling(keras.layers.Layer):
         return {**super().get_config(), "in_dim": self.in_dim, "out_dim": self.out_dim}
 
 
-def pooled_size(size):
-    """Grid side after a `ConvHeadPooling` (kernel 3, stride 2, padding 1)."""
-    return (size - 1) // 2 + 1
-
-
 @keras.saving.register_keras_serializable("spvit_tf")
 class PoolingVisionTransformer(TokenModel):
     """PiT classifier on NHWC float images (already normalised with ImageNet mean/std).
 
     Blocks are held in one flat list `blocks` (global indices, as pruning locations use) with
-    `stages` giving each stage's block range; between stages the spatial tokens go back to a
-    grid and are pooled, the non-spatial tokens go through a linear layer.
+    `stages` (`spvit_tf.geometry.pit_schedule`) giving each stage's block range, width and
+    grid; between stages the spatial tokens go back to a grid and are pooled, the non-spatial
+    tokens go through a linear layer (`stage_input`).
 
     With `pruning`, selectors run inside stages. Tokens dropped in a stage bypass its
     remaining blocks and are scattered back to their grid positions before pooling, so the
@@ -81,9 +78,7 @@ class PoolingVisionTransformer(TokenModel):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if not len(base_dims) == len(depth) == len(heads):
-            raise ValueError("base_dims, depth and heads need one entry per stage")
-        self.image_size = _pair(image_size)
+        self.image_size = pair(image_size)
         self.patch_size = patch_size
         self.stride = stride
         self.in_chans = in_chans
@@ -96,64 +91,56 @@ class PoolingVisionTransformer(TokenModel):
         self.drop_rate = drop_rate
         self.attn_drop_rate = attn_drop_rate
         self.drop_path_rate = drop_path_rate
-        self.num_prefix_tokens = 2 if distilled else 1
-        self.dims = tuple(b * h for b, h in zip(self.base_dims, self.heads))
-        self.embed_dim = self.dims[-1]
-
-        grid = tuple((s - patch_size) // stride + 1 for s in self.image_size)
-        self.grid_sizes = [grid]
-        for _ in self.depth[1:]:
-            grid = tuple(pooled_size(g) for g in grid)
-            self.grid_sizes.append(grid)
+        self.schedule = pit_schedule(
+            self.image_size, patch_size, stride, self.base_dims, self.depth, self.heads,
+            distilled, pruning,
+        )
+        stages = self.stages
+        self.embed_dim = stages[-1].dim
 
         self.patch_embed = keras.layers.Conv2D(
-            self.dims[0], patch_size, strides=stride, name="patch_embed"
+            stages[0].dim, patch_size, strides=stride, name="patch_embed"
         )
         self.pos_drop = keras.layers.Dropout(drop_rate)
         self.pools = [None] + [
-            ConvHeadPooling(self.dims[s - 1], self.dims[s], name=f"pool_{s}")
-            for s in range(1, len(self.depth))
+            ConvHeadPooling(stages[s - 1].dim, stages[s].dim, name=f"pool_{s}")
+            for s in range(1, len(stages))
         ]
-        total = sum(self.depth)
-        self.blocks, self.stages = [], []
-        for s, (dim, num_heads) in enumerate(zip(self.dims, self.heads)):
-            start = len(self.blocks)
-            for _ in range(self.depth[s]):
-                i = len(self.blocks)
-                self.blocks.append(
-                    Block(
-                        dim,
-                        num_heads,
-                        mlp_ratio,
-                        qkv_bias=True,
-                        drop=drop_rate,
-                        attn_drop=attn_drop_rate,
-                        drop_path=drop_path_rate * i / max(total - 1, 1),
-                        name=f"blocks_{i}",
-                    )
-                )
-            self.stages.append(range(start, len(self.blocks)))
+        total = self.schedule.depth
+        self.blocks = [
+            Block(
+                stage.dim,
+                stage.heads,
+                mlp_ratio,
+                qkv_bias=True,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=drop_path_rate * i / max(total - 1, 1),
+                name=f"blocks_{i}",
+            )
+            for stage in stages
+            for i in stage.blocks
+        ]
         self.norm = LayerNorm(name="norm")
         self.head = dense(num_classes, "head")
         self.head_dist = dense(num_classes, "head_dist") if distilled else None
-        self.pruner = TokenPruner.for_stages(
-            pruning, list(zip(self.stages, self.dims, self.heads, self.grid_sizes))
-        )
+        self.pruner = self.pruner_for_schedule()
 
     def build(self, input_shape=None):
         init = keras.initializers.TruncatedNormal(stddev=0.02)
+        first = self.stages[0]
         self.cls_token = self.add_weight(
-            name="cls_token", shape=(1, self.num_prefix_tokens, self.dims[0]), initializer=init
+            name="cls_token", shape=(1, self.num_prefix_tokens, first.dim), initializer=init
         )
         self.pos_embed = self.add_weight(
-            name="pos_embed", shape=(1, *self.grid_sizes[0], self.dims[0]), initializer=init
+            name="pos_embed", shape=(1, *first.grid, first.dim), initializer=init
         )
         self.patch_embed.build((None, *self.image_size, self.in_chans))
         for s, stage in enumerate(self.stages):
             if self.pools[s] is not None:
                 self.pools[s].build(None)
-            for i in stage:
-                self.blocks[i].build((None, None, self.dims[s]))
+            for i in stage.blocks:
+                self.blocks[i].build((None, None, stage.dim))
         self.norm.build((None, None, self.embed_dim))
         self.head.build((None, self.embed_dim))
         if self.head_dist is not None:
@@ -166,9 +153,30 @@ class PoolingVisionTransformer(TokenModel):
         """Images -> (grid (B, h, w, C0) with positions added, prefix tokens (B, P, C0))."""
         grid = self.pos_drop(self.patch_embed(images) + self.pos_embed, training=training)
         prefix = ops.broadcast_to(
-            self.cls_token, (ops.shape(grid)[0], self.num_prefix_tokens, self.dims[0])
+            self.cls_token, (ops.shape(grid)[0], self.num_prefix_tokens, self.stages[0].dim)
         )
         return grid, prefix
+
+    def stage_input(self, s, grid, non_spatial):
+        """Stage `s`'s input sequence [prefix | patches | packages] from the previous stage's
+        whole grid (B, h, w, C) and its non-spatial tokens [prefix | packages] (for stage 0,
+        the embedding's): pooled first, except into stage 0."""
+        if self.pools[s] is not None:
+            grid, non_spatial = self.pools[s](grid, non_spatial)
+        P, stage = self.num_prefix_tokens, self.stages[s]
+        patches = ops.reshape(grid, (-1, stage.num_patches, stage.dim))
+        return ops.concatenate([non_spatial[:, :P], patches, non_spatial[:, P:]], 1)
+
+    def embed_tokens(self, images, training=None):
+        """Images -> stage 0's input sequence [prefix | patches]."""
+        return self.stage_input(0, *self.embed(images, training=training))
+
+    def pool_sequence(self, s, x):
+        """A dense stage `s - 1` output [prefix | whole grid] (B, P + h·w, C) -> stage `s`'s
+        input sequence: the transition between stages, as `forward` makes it."""
+        P, before = self.num_prefix_tokens, self.stages[s - 1]
+        grid = ops.reshape(x[:, P:], (-1, *before.grid, before.dim))
+        return self.stage_input(s, grid, x[:, :P])
 
     def forward(self, images, training=None, mode=None):
         """Full forward pass -> `ForwardOutput`; `mode` as for `VisionTransformer.forward`."""
@@ -177,24 +185,30 @@ class PoolingVisionTransformer(TokenModel):
         grid, non_spatial = self.embed(images, training=training)
         records = []
         for s, stage in enumerate(self.stages):
-            if self.pools[s] is not None:
-                grid, non_spatial = self.pools[s](grid, non_spatial)
-            (h, w), dim = self.grid_sizes[s], self.dims[s]
-            x = ops.concatenate(
-                [non_spatial[:, :P], ops.reshape(grid, (-1, h * w, dim)), non_spatial[:, P:]], 1
-            )
-            state = TokenState.start(x, P, h * w, mode in ("gumbel", "mask"), track_grid=True)
-            state = self.run_blocks(state, stage, mode, training, records)
+            x = self.stage_input(s, grid, non_spatial)
+            state = TokenState.start(x, P, stage.num_patches, mode in ("gumbel", "mask"),
+                                     track_grid=self.schedule.tracks_grid)
+            state = self.run_blocks(state, stage.blocks, mode, training, records)
             selection = self.pruner.config.selection if self.pruner is not None else "gather"
-            grid = ops.reshape(state.full_grid_patches(selection), (-1, h, w, dim))
+            grid = ops.reshape(state.full_grid_patches(selection), (-1, *stage.grid, stage.dim))
             non_spatial = state.non_spatial()
         return ForwardOutput(
-            logits=self.classify(self.norm(non_spatial[:, :P])),
+            logits=self.final_logits(non_spatial),
             patch_tokens=self.norm(state.patches),
             token_mask=state.keep,
             token_index=state.index,
             records=records,
         )
+
+    @property
+    def head_tokens(self):
+        """Tokens `final_logits` reads in the dense model: the prefix tokens."""
+        return self.num_prefix_tokens
+
+    def final_logits(self, non_spatial):
+        """The final norm and head(s) on the prefix tokens of the last stage's non-spatial
+        tokens [prefix | packages]: PiT's patch tokens feed no head."""
+        return self.classify(self.norm(non_spatial[:, : self.num_prefix_tokens]))
 
     def timm_variables(self):
         """timm state-dict key -> (Keras variable, tensor layout) for checkpoint import."""
@@ -212,7 +226,7 @@ class PoolingVisionTransformer(TokenModel):
                 mapping[f"transformers.{s}.pool.conv.bias"] = (pool.conv.bias, "param")
                 mapping[f"transformers.{s}.pool.fc.weight"] = (pool.fc.kernel, "linear")
                 mapping[f"transformers.{s}.pool.fc.bias"] = (pool.fc.bias, "param")
-            for j, i in enumerate(stage):
+            for j, i in enumerate(stage.blocks):
                 mapping.update(block_variables(self.blocks[i], f"transformers.{s}.blocks.{j}."))
         return mapping
 

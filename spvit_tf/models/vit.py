@@ -3,22 +3,20 @@
 import keras
 from keras import ops
 
+from spvit_tf.geometry import pair, vit_schedule
 from spvit_tf.layers import Block, LayerNorm, dense
 from spvit_tf.models.base import TokenModel
-from spvit_tf.pruning.tokens import ForwardOutput, TokenPruner, TokenState, resolve_mode
+from spvit_tf.pruning.tokens import ForwardOutput, TokenState, resolve_mode
 from spvit_tf.registry import register_model
-
-
-def _pair(size):
-    return (size, size) if isinstance(size, int) else tuple(size)
 
 
 @keras.saving.register_keras_serializable("spvit_tf")
 class VisionTransformer(TokenModel):
     """DeiT/ViT classifier on NHWC float images (already normalised with ImageNet mean/std).
 
-    With `pruning` (a `PruningConfig` or dict) a `TokenPruner` runs before the configured
-    blocks; the blocks themselves are the same in every mode. The distilled variant carries a
+    One stage of `depth` blocks over the patch grid (`spvit_tf.geometry.vit_schedule`). With
+    `pruning` (a `PruningConfig` or dict) a `TokenPruner` runs before the configured blocks;
+    the blocks themselves are the same in every mode. The distilled variant carries a
     distillation token and a second head; its logits are the mean of both heads, as DeiT does
     at inference.
     """
@@ -44,7 +42,7 @@ class VisionTransformer(TokenModel):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.image_size = _pair(image_size)
+        self.image_size = pair(image_size)
         self.patch_size = patch_size
         self.in_chans = in_chans
         self.embed_dim = embed_dim
@@ -57,9 +55,9 @@ class VisionTransformer(TokenModel):
         self.drop_rate = drop_rate
         self.attn_drop_rate = attn_drop_rate
         self.drop_path_rate = drop_path_rate
-        self.grid_size = tuple(s // patch_size for s in self.image_size)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.num_prefix_tokens = 2 if distilled else 1
+        self.schedule = vit_schedule(
+            self.image_size, patch_size, embed_dim, depth, num_heads, distilled, pruning
+        )
 
         self.patch_embed = keras.layers.Conv2D(
             embed_dim, patch_size, strides=patch_size, name="patch_embed"
@@ -81,9 +79,7 @@ class VisionTransformer(TokenModel):
         self.norm = LayerNorm(name="norm")
         self.head = dense(num_classes, "head")
         self.head_dist = dense(num_classes, "head_dist") if distilled else None
-        self.pruner = TokenPruner.for_stages(
-            pruning, [(range(depth), embed_dim, num_heads, self.grid_size)]
-        )
+        self.pruner = self.pruner_for_schedule()
 
     def build(self, input_shape=None):
         init = keras.initializers.TruncatedNormal(stddev=0.02)
@@ -97,7 +93,7 @@ class VisionTransformer(TokenModel):
         )
         self.pos_embed = self.add_weight(
             name="pos_embed",
-            shape=(1, self.num_prefix_tokens + self.num_patches, self.embed_dim),
+            shape=(1, self.num_prefix_tokens + self.stages[0].num_patches, self.embed_dim),
             initializer=init,
         )
         self.patch_embed.build((None, *self.image_size, self.in_chans))
@@ -115,7 +111,7 @@ class VisionTransformer(TokenModel):
     def embed(self, images, training=None):
         """Images (B, H, W, C) -> tokens (B, prefix + patches, D), prefix tokens first."""
         x = self.patch_embed(images)
-        x = ops.reshape(x, (-1, self.num_patches, self.embed_dim))
+        x = ops.reshape(x, (-1, self.stages[0].num_patches, self.embed_dim))
         batch = ops.shape(x)[0]
         prefix = [self.cls_token] + ([self.dist_token] if self.distilled else [])
         prefix = [ops.broadcast_to(t, (batch, 1, self.embed_dim)) for t in prefix]
@@ -130,9 +126,11 @@ class VisionTransformer(TokenModel):
         """
         mode = resolve_mode(self.pruner, training, mode)
         x = self.embed(images, training=training)
-        state = TokenState.start(x, self.num_prefix_tokens, self.num_patches, mode in ("gumbel", "mask"))
+        (stage,) = self.stages
+        state = TokenState.start(x, self.num_prefix_tokens, stage.num_patches,
+                                 mode in ("gumbel", "mask"), self.schedule.tracks_grid)
         records = []
-        state = self.run_blocks(state, range(self.depth), mode, training, records)
+        state = self.run_blocks(state, stage.blocks, mode, training, records)
         normed = self.norm(state.x)
         P = self.num_prefix_tokens
         return ForwardOutput(
@@ -142,6 +140,16 @@ class VisionTransformer(TokenModel):
             token_index=state.index,
             records=records,
         )
+
+    @property
+    def head_tokens(self):
+        """Tokens `final_logits` reads in the dense model: the whole last sequence."""
+        return self.num_prefix_tokens + self.stages[-1].num_patches
+
+    def final_logits(self, tokens):
+        """The final norm over every token (the patch tokens are outputs too), then the
+        head(s) on the prefix, as `forward` applies them."""
+        return self.classify(self.norm(tokens))
 
     def timm_variables(self):
         """timm state-dict key -> (Keras variable, tensor layout) for checkpoint import."""

@@ -22,7 +22,8 @@ class PruningConfig:
       block list across stages).
     - `keep_ratios`: cumulative fraction of the original patch tokens kept from each location
       on (for PiT, of the patch tokens of the location's stage); non-increasing within a
-      stage. At inference each becomes a fixed count `k = round(ratio * tokens)`.
+      stage. At inference each becomes a fixed count `k = round(ratio * tokens)`
+      (`spvit_tf.geometry.kept_tokens`; `TokenSchedule` holds every location's count).
     - `selection`: `gather` (TOPK_V2 + GATHER) or `matmul` (rank comparisons and one-hot
       matmuls: no TOPK_V2/GATHER ops, for the TFLite GPU delegate). Both give the same output.
     - `shared_head_mlps`: the selector's per-head MLPs share weights (the official code does,
@@ -75,13 +76,6 @@ class PruningConfig:
     def to_dict(self):
         return dataclasses.asdict(self)
 
-    def token_counts(self, stage_tokens):
-        """Tokens kept from each location on: `round(ratio * tokens)`, at least one.
-
-        `stage_tokens` is, per location, the patch-token count of the location's stage.
-        """
-        return tuple(max(1, round(r * n)) for r, n in zip(self.keep_ratios, stage_tokens))
-
     @property
     def method_object(self):
         """The registered method object named by `method`."""
@@ -96,3 +90,16 @@ class PruningConfig:
     def has_package(self):
         """Whether dropped tokens are fused into an extra token instead of discarded."""
         return self.method_object.has_package
+
+
+def pruning_from_flags(method, locations, keep_ratios, selection="gather"):
+    """A pruning dict from the CLIs' flags (`--pruning_locations=3,6,9` etc.)."""
+    try:
+        locations = [int(v) for v in locations]
+        keep_ratios = [float(v) for v in keep_ratios]
+    except ValueError:
+        raise SpvitError(
+            "--pruning_locations takes comma-separated block indices and --keep_ratios "
+            "comma-separated fractions, e.g. --pruning_locations=3,6,9 --keep_ratios=0.7,0.49,0.343"
+        ) from None
+    return PruningConfig(method, tuple(locations), tuple(keep_ratios), selection).to_dict()

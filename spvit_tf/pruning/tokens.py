@@ -22,7 +22,7 @@ import keras
 from keras import ops
 
 from spvit_tf.errors import SpvitError
-from spvit_tf.pruning.config import PruningConfig
+from spvit_tf.geometry import TokenSchedule
 from spvit_tf.pruning.methods import get_method
 from spvit_tf.pruning.selector import MultiHeadTokenSelector
 
@@ -253,28 +253,29 @@ def package_token(patches, weights):
 class TokenPruner(keras.layers.Layer):
     """Owns a model's selectors and applies one pruning step before each location block.
 
-    `dims`, `heads`, `stage_tokens` and `grid_sizes` describe, per location, the width, head
-    count, original patch-token count and grid of the stage the location is in. Each step is
-    the config's method object's (`self.method.step`); selection methods come back to
+    Built from the model's `TokenSchedule` (`spvit_tf.geometry`), which says, per location,
+    its stage (width, heads, grid), the patch tokens entering it and the count it keeps. Each
+    step is the config's method object's (`self.method.step`); selection methods come back to
     `select`, the top-k step they share.
     """
 
-    def __init__(self, pruning, dims, heads, stage_tokens, grid_sizes, **kwargs):
+    def __init__(self, schedule, **kwargs):
         super().__init__(**kwargs)
-        self.config = PruningConfig.from_any(pruning)
+        if isinstance(schedule, dict):
+            schedule = TokenSchedule.from_dict(schedule)
+        if schedule.pruning is None:
+            raise SpvitError("a TokenPruner needs a schedule with a pruning config")
+        self.schedule = schedule
+        self.config = schedule.pruning
         self.method = self.config.method_object
-        self.dims, self.heads = tuple(dims), tuple(heads)
-        self.stage_tokens = tuple(stage_tokens)
-        self.grid_sizes = tuple(tuple(g) for g in grid_sizes)
-        self.counts = self.config.token_counts(self.stage_tokens)
-        self.locations = self.config.locations
         self.selectors = (
             [
                 MultiHeadTokenSelector(
-                    d, h, self.config.shared_head_mlps, keep, name=f"selector_{loc}"
+                    stage.dim, stage.heads, self.config.shared_head_mlps, keep,
+                    name=f"selector_{step.block}",
                 )
-                for d, h, loc, keep in zip(
-                    self.dims, self.heads, self.locations, self.step_keep_fractions()
+                for step, stage, keep in zip(
+                    schedule.steps, self.step_stages(), self.step_keep_fractions()
                 )
             ]
             if self.method.learned
@@ -283,56 +284,28 @@ class TokenPruner(keras.layers.Layer):
         self.seed = keras.random.SeedGenerator(0)
         self.ranking = "own"
 
-    @classmethod
-    def for_stages(cls, pruning, stages, name="pruner"):
-        """Builds the pruner of a model whose stages are (block range, dim, heads, grid).
+    @property
+    def locations(self):
+        """Blocks the steps run before (the config's locations)."""
+        return self.config.locations
 
-        Checks what a config cannot check alone: locations exist, and keep ratios do not
-        grow within a stage (a dropped token stays dropped until the grid is rebuilt).
-        """
-        config = PruningConfig.from_any(pruning)
-        if config is None:
-            return None
-        per_location, last_ratio = [], {}
-        num_blocks = stages[-1][0].stop
-        for location, ratio in zip(config.locations, config.keep_ratios):
-            if not 0 <= location < num_blocks:
-                raise SpvitError(
-                    f"pruning location {location} is outside blocks 0..{num_blocks - 1}"
-                )
-            s = next(s for s, stage in enumerate(stages) if location in stage[0])
-            if ratio > last_ratio.get(s, 1.0):
-                raise SpvitError(
-                    f"keep ratio {ratio} at block {location} exceeds the previous ratio "
-                    f"{last_ratio[s]} in its stage: keep ratios are cumulative"
-                )
-            last_ratio[s] = ratio
-            per_location.append(stages[s][1:])
-        dims, heads, grids = zip(*per_location)
-        tokens = [g[0] * g[1] for g in grids]
-        return cls(config.to_dict(), dims, heads, tokens, grids, name=name)
+    @property
+    def counts(self):
+        """Patch tokens kept from each location on (the schedule's counts)."""
+        return self.schedule.kept
+
+    def step_stages(self):
+        """The `Stage` each location is in."""
+        return [self.schedule.stages[step.stage] for step in self.schedule.steps]
 
     def step_keep_fractions(self):
-        """Per location, the fraction of its incoming tokens it keeps: its keep ratio over
-        the previous location's in the same stage (a new grid, PiT's next stage, starts whole).
-        Kept inside (0, 1) as a selector's starting keep probability."""
-        fractions, previous = [], (None, 1.0)
-        for ratio, grid in zip(self.config.keep_ratios, self.grid_sizes):
-            last = previous[1] if previous[0] == grid else 1.0
-            fractions.append(min(max(ratio / last, 0.01), 0.99))
-            previous = (grid, ratio)
-        return fractions
-
-    def incoming(self, j):
-        """Patch tokens entering location `j` (static): the previous location's count in the
-        same stage, else the stage's whole grid."""
-        if j and self.grid_sizes[j - 1] == self.grid_sizes[j]:
-            return self.counts[j - 1]
-        return self.stage_tokens[j]
+        """Per location, the fraction of its incoming tokens it keeps (its step's
+        `step_fraction`), kept inside (0, 1) as a selector's starting keep probability."""
+        return [min(max(step.step_fraction, 0.01), 0.99) for step in self.schedule.steps]
 
     def build(self, input_shape=None):
-        for selector, dim in zip(self.selectors, self.dims):
-            selector.build((None, None, dim))
+        for selector, stage in zip(self.selectors, self.step_stages()):
+            selector.build((None, None, stage.dim))
         self.built = True
 
     def scores(self, j, state, block, mode):
@@ -370,7 +343,7 @@ class TokenPruner(keras.layers.Layer):
         log_probs, scores = self.scores(j, state, block, mode)
         k, patches = self.counts[j], state.patches
         if mode == "gather":
-            return self._gather(state, scores, k, self.diagnostic_ranking(j, state, block, scores))
+            return self.gather(state, scores, k, self.diagnostic_ranking(j, state, block, scores))
         if self.ranking != "own":
             raise SpvitError(f"ranking {self.ranking!r} is a diagnostic of the gathered "
                              f"forward pass, not of mode {mode!r}")
@@ -384,7 +357,7 @@ class TokenPruner(keras.layers.Layer):
         record = {"decision": decision, "keep_score": scores}
         return dataclasses.replace(state, x=x, keep=decision), record
 
-    def _gather(self, state, scores, k, ranking=None):
+    def gather(self, state, scores, k, ranking=None):
         """Keeps exactly the k best tokens (static shapes) plus this location's package.
 
         `ranking` (B, n), when given, decides which tokens are best instead of `scores`; the
@@ -412,11 +385,4 @@ class TokenPruner(keras.layers.Layer):
         return new_state, {"index": index[:, :k], "keep_score": scores}
 
     def get_config(self):
-        return {
-            **super().get_config(),
-            "pruning": self.config.to_dict(),
-            "dims": self.dims,
-            "heads": self.heads,
-            "stage_tokens": self.stage_tokens,
-            "grid_sizes": self.grid_sizes,
-        }
+        return {**super().get_config(), "schedule": self.schedule.to_dict()}

@@ -30,7 +30,8 @@ _REGISTRY = {}
 
 @dataclasses.dataclass(frozen=True)
 class StepShape:
-    """What the cost model knows about one pruning location.
+    """What the cost model knows about one pruning location
+    (`spvit_tf.geometry.TokenSchedule.step_shape` gives it).
 
     `patches_in`/`patches_out`: patch tokens entering and leaving the step; `prefix`:
     class/dist tokens; `packages_in`: package tokens already in the sequence (from earlier

@@ -18,7 +18,7 @@ class CentreSelection(SelectionMethod):
 
         from spvit_tf.pruning.selector import centre_priority
 
-        return None, ops.take(centre_priority(pruner.grid_sizes[j]), state.index)
+        return None, ops.take(centre_priority(pruner.schedule.steps[j].grid), state.index)
 
 
 STATIC = register(CentreSelection(

@@ -1,7 +1,7 @@
 """ToMe (Bolya et al., "Token Merging: Your ViT but Faster"): training-free token merging.
 
 At each pruning location, before that location's block, similar patch tokens are merged by
-bipartite soft matching (the official `tome/merge.py`) until `config.token_counts` remain,
+bipartite soft matching (the official `tome/merge.py`) until the schedule's counts remain,
 so ToMe meets the same schedule, and is priced at the same budget, as the other methods:
 
 - Metric: the block's attention keys of its normed tokens (its own `norm1` and qkv weights,
@@ -279,7 +279,8 @@ class TokenMerging(Method):
         if pruner.ranking != "own":
             raise SpvitError(f"ranking {pruner.ranking!r} swaps which tokens a selection keeps; "
                              f"{self.name} merges tokens and has no ranking to swap")
-        n, k = pruner.incoming(j), pruner.counts[j]
+        step = pruner.schedule.steps[j]
+        n, k = step.patches_in, step.kept
         rounds = merge_rounds(n, k)
         if state.keep is None:
             if state.num_patches != n:
