@@ -40,6 +40,7 @@ def delegate_partitions(path):
 
 def main(argv):
     from spvit_tf import benchmark, export
+    from spvit_tf.tflite.graph import Graph
 
     folder = pathlib.Path(tempfile.mkdtemp())
     source = export.source_from_workdir(FLAGS.workdir)
@@ -57,7 +58,7 @@ def main(argv):
           + " | ".join(f"ms {t}T" for t in threads) + " |")
     print("|---|---|---|---|---|---|" + "---|" * len(threads))
     for fmt, path in zip(FORMATS, paths):
-        card, graph = cards[fmt], export.Graph.read(path.read_bytes())
+        card, graph = cards[fmt], Graph.read(path.read_bytes())
         evaluation = card["evaluation"]
         times = " | ".join(f"{ms[(path.name, t)]:.3f}" for t in threads)
         print(f"| {fmt} | {card['size_bytes'] / 1e6:.2f} | {len(graph.float_ops())} / "

@@ -100,7 +100,8 @@ def main(argv):
     import numpy as np
 
     import spvit_tf
-    from spvit_tf import benchmark, export, flops, latency_table
+    from spvit_tf import benchmark, flops, latency_table
+    from spvit_tf.tflite.convert import convert, serving_model
 
     folder = pathlib.Path(tempfile.mkdtemp())
     models = variants()
@@ -110,9 +111,9 @@ def main(argv):
         model = latency_table.trained_like(spvit_tf.create_model(FLAGS.model, **options))
         size = model.image_size[0]
         calibration = np.random.default_rng(0).normal(size=(8, size, size, 3)).astype(np.float32)
-        graph = export.serving_model(model, "float", mean=0.0, std=1.0)
+        graph = serving_model(model, "float")
         paths.append(folder / f"model_{i}.tflite")
-        paths[-1].write_bytes(export.convert(graph, FLAGS.format, calibration=calibration))
+        paths[-1].write_bytes(convert(graph, FLAGS.format, calibration=calibration))
         costs.append(flops.model_cost(model).gflops)
     threads = [int(t) for t in FLAGS.threads]
     rows = benchmark.run_all(paths, threads, ["cpu"], FLAGS.runs, 10, 0, FLAGS.rounds)

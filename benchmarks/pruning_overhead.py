@@ -33,10 +33,10 @@ MODEL, LOCATIONS = "deit_tiny_patch16_224", (3, 6, 9)
 
 
 def write(folder, stem, keras_model):
-    from spvit_tf import export
+    from spvit_tf.tflite.convert import convert
 
     path = folder / f"{stem}.tflite"
-    path.write_bytes(export.convert(keras_model, "fp32"))
+    path.write_bytes(convert(keras_model, "fp32"))
     return path
 
 
@@ -44,7 +44,8 @@ def main(argv):
     import keras
 
     import spvit_tf
-    from spvit_tf import export, flops, latency_table
+    from spvit_tf import flops, latency_table
+    from spvit_tf.tflite.convert import serving_model
 
     folder = pathlib.Path(tempfile.mkdtemp())
     ratios = tuple(round(FLAGS.rho**j, 3) for j in range(1, len(LOCATIONS) + 1))
@@ -54,7 +55,7 @@ def main(argv):
                                                       keep_ratios=ratios)
         keras.utils.set_random_seed(0)
         model = latency_table.trained_like(spvit_tf.create_model(MODEL, pruning=pruning))
-        paths.append(write(folder, method, export.serving_model(model, "float", 0.0, 1.0)))
+        paths.append(write(folder, method, serving_model(model, "float")))
         cost = flops.model_cost(model)
         costs[method], lengths[method] = cost.gflops, cost.tokens_per_block
     times, device = latency_table.time_host(paths, FLAGS.threads, FLAGS.runs, 10, FLAGS.rounds)

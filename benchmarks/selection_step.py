@@ -56,24 +56,25 @@ def step_model(method):
 
 def time_model(content, folder):
     """(median ms, op count) of TFLite `content`, timed by the host benchmark's `measure`."""
-    from spvit_tf import benchmark, export
+    from spvit_tf import benchmark
+    from spvit_tf.tflite.graph import Graph
 
     path = folder / "step.tflite"
     path.write_bytes(content)
     timing = benchmark.measure(str(path), FLAGS.threads, "cpu", FLAGS.runs, 30, seed=0)
-    return timing["median_ms"], len(export.Graph.read(content).ops)
+    return timing["median_ms"], len(Graph.read(content).ops)
 
 
 def main(argv):
-    from spvit_tf import export
     from spvit_tf.pruning import tokens
+    from spvit_tf.tflite.convert import convert
 
     folder = pathlib.Path(tempfile.mkdtemp())
     flat_gather = tokens.gather_rows
     for method in ("spvit", "hard", "static"):
         for name, gather in (("gather_rows", flat_gather), ("take_along_axis", take_along_axis_rows)):
             tokens.gather_rows = gather
-            ms, ops = time_model(export.convert(step_model(method), "fp32"), folder)
+            ms, ops = time_model(convert(step_model(method), "fp32"), folder)
             print(f"{method:6s} {name:16s} {ms:.4f} ms  {ops} ops  (threads={FLAGS.threads})")
     tokens.gather_rows = flat_gather
 

@@ -38,9 +38,10 @@ RECIPES = {
 def input_rate(split, augment):
     """Images/s of the training pipeline alone (first batch excluded: it fills the buffers)."""
     from spvit_tf import data
+    from spvit_tf.preprocessing import Preprocessor
 
-    ds = data.to_dataset(split, image_size=32, batch_size=FLAGS.batch_size, training=True,
-                         crop_ratio=1.0, augment=augment)
+    ds = data.to_dataset(split, preprocessor=Preprocessor(32, crop_ratio=1.0),
+                         batch_size=FLAGS.batch_size, training=True, augment=augment)
     it = iter(ds)
     next(it)
     start = time.perf_counter()

@@ -7,7 +7,8 @@ Sources:
   tfds:<name>       a TensorFlow Datasets builder, e.g. tfds:imagenet2012 (`name/config` works)
 
 Every source is first reduced to (encoded image bytes, int32 label) records, so decoding,
-geometry, augmentation and normalisation are shared by all sources. Training augmentation comes
+geometry, augmentation and normalisation are shared by all sources (the evaluation crop and
+the normalisation are a `spvit_tf.preprocessing.Preprocessor`'s). Training augmentation comes
 from kept libraries in two recipes:
   resized  DeiT's ImageNet recipe: random resized crop (`tf.image.sample_distorted_bounding_box`)
            and flip per image, then Keras' RandAugment, MixUp and CutMix per batch.
@@ -32,13 +33,10 @@ import numpy as np
 import tensorflow as tf
 
 from spvit_tf.errors import SpvitError
+from spvit_tf.preprocessing import DEFAULT_CROP_RATIO
 
 EMBEDDED = "cifar10_embedded"
 EMBEDDED_ARCHIVE = pathlib.Path(__file__).resolve().parent / "datasets" / "cifar10_embedded.tar.gz"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# timm/DeiT evaluation crop: resize the shorter side to image_size / 0.875, centre-crop image_size.
-DEFAULT_CROP_RATIO = 0.875
 TRAIN = "train"
 EVAL = "eval"  # alias resolved to the first of EVAL_SPLITS that the source has
 EVAL_SPLITS = ("val", "validation", "test")
@@ -296,30 +294,28 @@ def _batch_augmenter(augment, num_classes):
     return apply
 
 
-def to_dataset(split_data, *, image_size, batch_size, training, shuffle_seed=0,
-               mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_ratio=DEFAULT_CROP_RATIO,
+def to_dataset(split_data, *, preprocessor, batch_size, training, shuffle_seed=0,
                drop_remainder=None, augment=None, skip_batches=0, subset_seed=None):
-    """Batches of (float32 NHWC images normalised by mean/std on a 0-1 scale, labels).
+    """Batches of (float32 NHWC model inputs, labels): images `preprocessor` normalises.
 
     Training shuffles with `shuffle_seed` (reshuffled each epoch, reproducibly; None for an
     unseeded shuffle) and by default drops the last partial batch; evaluation keeps the file
-    order and every example. Without `augment` both use the evaluation geometry of
-    `resize_center_crop`; with it, training images are augmented and, under MixUp/CutMix,
-    labels are soft (B, classes) targets instead of int32 ids. `skip_batches` resumes inside
-    an epoch: the records are skipped before decoding, so resuming costs no image work.
-    `subset_seed` shuffles evaluation once, reproducibly, so that its first N examples are a
-    fair sample (files are ordered by class).
+    order and every example. Without `augment` both use the preprocessor's float evaluation
+    crop (`Preprocessor.crop`); with it, training images are augmented at its image size and,
+    under MixUp/CutMix, labels are soft (B, classes) targets instead of int32 ids.
+    `skip_batches` resumes inside an epoch: the records are skipped before decoding, so
+    resuming costs no image work. `subset_seed` shuffles evaluation once, reproducibly, so that
+    its first N examples are a fair sample (files are ordered by class).
     """
     if drop_remainder is None:
         drop_remainder = training
-    mean = tf.constant(mean, tf.float32) * 255.0
-    std = tf.constant(std, tf.float32) * 255.0
+    image_size = preprocessor.image_size
     augment = augment if training else None
 
     def preprocess(encoded, label):
         image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
         if augment is None:
-            return resize_center_crop(image, image_size, crop_ratio), label
+            return preprocessor.crop(image), label
         image = tf.cast(image, tf.float32)
         if augment.crop == "pad":
             image = pad_and_crop(image, image_size, augment.crop_padding)
@@ -340,7 +336,7 @@ def to_dataset(split_data, *, image_size, batch_size, training, shuffle_seed=0,
     if augment is not None:
         ds = ds.map(_batch_augmenter(augment, len(split_data.class_names)),
                     num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda images, labels: ((images - mean) / std, labels),
+    ds = ds.map(lambda images, labels: (preprocessor.normalize(images), labels),
                 num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
@@ -376,6 +372,22 @@ def eval_pixels(encoded, image_size, crop_ratio=DEFAULT_CROP_RATIO):
     geometry, rounded to bytes as a camera app would feed them."""
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     return tf.cast(tf.round(resize_center_crop(image, image_size, crop_ratio)), tf.uint8)
+
+
+def load_pixels(source, split, count, preprocessor, seed=0):
+    """(uint8 images (N, H, W, 3), int32 labels, class names): `count` images of `split`.
+
+    A seeded shuffle of the whole split, since sources list images class by class. Images are
+    `preprocessor.pixels`: the evaluation crop rounded to bytes, as a camera app feeds them.
+    """
+    data = load_split(source, split)
+    if count < 1:
+        raise SpvitError(f"need at least one {split} example, got {count}")
+    ds = data.records(shuffle=True, seed=seed).take(count)
+    ds = ds.map(lambda encoded, label: (preprocessor.pixels(encoded), label))
+    ds = ds.batch(256)
+    images, labels = zip(*ds.as_numpy_iterator())
+    return np.concatenate(images), np.concatenate(labels), tuple(data.class_names)
 
 
 def _is_image(name):

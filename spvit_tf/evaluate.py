@@ -100,6 +100,7 @@ def evaluate_workdir(workdir, data_spec=None, examples=0, batch_size=100, prunin
     with `rankings`, the ranking diagnostic's too."""
     from spvit_tf import data
     from spvit_tf.flops import model_cost
+    from spvit_tf.preprocessing import Preprocessor
     from spvit_tf.workdir import load_model
 
     model, run = load_model(workdir)
@@ -116,10 +117,9 @@ def evaluate_workdir(workdir, data_spec=None, examples=0, batch_size=100, prunin
             f"{data_spec} has classes {list(split.class_names)[:5]}..., the model was trained on "
             f"{run['class_names'][:5]}...: evaluate on data with the training classes"
         )
-    dataset = data.to_dataset(split, image_size=run["image_size"], batch_size=batch_size,
-                              training=False, crop_ratio=run["crop_ratio"],
-                              mean=run["mean"], std=run["std"],
-                              subset_seed=0 if examples else None)
+    preprocessor = Preprocessor.from_run(run, f"{workdir}/run.json")
+    dataset = data.to_dataset(split, preprocessor=preprocessor, batch_size=batch_size,
+                              training=False, subset_seed=0 if examples else None)
     from spvit_tf.stats import encode_correct, eval_order
 
     top1, top5, seen, correct = accuracy(model, dataset, examples, pruning_mode, per_image=True)

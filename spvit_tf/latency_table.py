@@ -396,7 +396,7 @@ def calibration_inputs(graph, count=4, seed=0):
 def write_graphs(graphs, folder, fmt="fp32"):
     """Converts each Keras graph to `<folder>/<name>.tflite` (static batch 1) in export
     format `fmt` (one of `FORMATS`), float I/O: inside a model the parts pass float tokens."""
-    from spvit_tf.export import convert
+    from spvit_tf.tflite.convert import convert
 
     paths = []
     for part, graph in graphs.items():

@@ -27,6 +27,7 @@ import time
 from absl import app, flags, logging
 
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.preprocessing import Preprocessor
 from spvit_tf.pruning.methods import get_method, method_names
 
 FLAGS = flags.FLAGS
@@ -573,9 +574,9 @@ def train(strategy, run, train_split, eval_split):
     if trainer.is_chief:
         trim_log(metrics_path, step)
     augment = augment_from_flags()
-    geometry = dict(image_size=run["image_size"], crop_ratio=FLAGS.crop_ratio)
-    eval_data = data.to_dataset(eval_split, batch_size=FLAGS.batch_size, training=False,
-                                subset_seed=0 if FLAGS.eval_examples else None, **geometry)
+    preprocessor = Preprocessor.from_run(run)
+    eval_data = data.to_dataset(eval_split, preprocessor=preprocessor, batch_size=FLAGS.batch_size,
+                                training=False, subset_seed=0 if FLAGS.eval_examples else None)
     signal.signal(signal.SIGTERM, _request_stop)
     chief = trainer.is_chief  # only the chief writes logs and the final model
     writer = (tf.summary.create_file_writer(os.path.join(FLAGS.workdir, "tb")) if chief
@@ -589,7 +590,8 @@ def train(strategy, run, train_split, eval_split):
                     tf.summary.scalar(key, value, step=record["step"])
 
         try:
-            step = _loop(trainer, strategy, train_split, eval_data, augment, geometry, step, log)
+            step = _loop(trainer, strategy, train_split, eval_data, augment, preprocessor, step,
+                         log)
         except _peer_errors() as error:
             if FLAGS.strategy != "multi_worker":
                 raise
@@ -616,7 +618,7 @@ def trim_log(path, step):
         atomic_write(path, "".join(kept))
 
 
-def _loop(trainer, strategy, train_split, eval_data, augment, geometry, step, log):
+def _loop(trainer, strategy, train_split, eval_data, augment, preprocessor, step, log):
     """Trains from `step` to the end of the run (or a SIGTERM); returns the last step."""
     import keras
 
@@ -628,7 +630,7 @@ def _loop(trainer, strategy, train_split, eval_data, augment, geometry, step, lo
         epoch, offset = divmod(step, spe)
         dataset = data.to_dataset(
             train_split, batch_size=FLAGS.batch_size, training=True,
-            shuffle_seed=FLAGS.seed + epoch, skip_batches=offset, **geometry,
+            shuffle_seed=FLAGS.seed + epoch, skip_batches=offset, preprocessor=preprocessor,
             augment=dataclasses.replace(augment, seed=FLAGS.seed + epoch),  # fresh draws
         )
         bar = keras.utils.Progbar(min(spe, total - epoch * spe), stateful_metrics=["img/s"])
@@ -783,9 +785,8 @@ def main(argv):
     run = json.loads(json.dumps({  # as run.json holds it (lists, not tuples), to compare
         "model": FLAGS.model, "model_config": overrides, "mode": FLAGS.mode, "data": FLAGS.data,
         "class_names": list(train_split.class_names),
-        "image_size": size if isinstance(size, int) else int(size[0]),
-        "mean": list(data.IMAGENET_MEAN), "std": list(data.IMAGENET_STD),
-        "crop_ratio": FLAGS.crop_ratio,
+        "preprocessing": Preprocessor(size if isinstance(size, int) else int(size[0]),
+                                      FLAGS.crop_ratio).to_json(),
     }))
     if FLAGS.mode == "search":
         if FLAGS.budget_gflops is None:

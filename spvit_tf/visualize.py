@@ -23,11 +23,11 @@ DROPPED_NOW = np.array([230, 60, 40], np.float32)  # tint of tokens dropped at t
 WASH = 0.8  # how far earlier-dropped patches fade to white
 
 
-def read_images(paths, image_size, crop_ratio):
-    """uint8 (N, S, S, 3) from image files or folders, with the evaluation geometry."""
+def read_images(paths, preprocessor):
+    """uint8 (N, S, S, 3) from image files or folders: `preprocessor.pixels` of each."""
     import tensorflow as tf
 
-    from spvit_tf.data import IMAGE_EXTENSIONS, eval_pixels
+    from spvit_tf.data import IMAGE_EXTENSIONS
 
     files = []
     for path in map(pathlib.Path, paths):
@@ -42,19 +42,16 @@ def read_images(paths, image_size, crop_ratio):
     images = []
     for file in files:
         try:
-            images.append(eval_pixels(file.read_bytes(), image_size, crop_ratio).numpy())
+            images.append(preprocessor.pixels(file.read_bytes()).numpy())
         except tf.errors.InvalidArgumentError:
             raise SpvitError(f"{file} is not a readable JPEG/PNG image") from None
     return np.stack(images), [f.name for f in files]
 
 
-def keep_maps(model, pixels, mean, std):
-    """Per location j: (kept, dropped_here) boolean grids (N, h, w) of that location's stage.
-
-    `mean`/`std` per channel on the 0-255 pixel scale.
-    """
-    normalised = (pixels.astype(np.float32) - mean) / std
-    output = model.forward(normalised, training=False, mode="gather")
+def keep_maps(model, pixels, preprocessor):
+    """Per location j: (kept, dropped_here) boolean grids (N, h, w) of that location's stage,
+    for uint8 `pixels` that `preprocessor` normalises."""
+    output = model.forward(preprocessor.normalize(pixels), training=False, mode="gather")
     maps, previous = [], {}
     for step, record in zip(model.schedule.steps, output.records):
         h, w = step.grid
@@ -107,20 +104,20 @@ def render(pixels, names, maps, titles, output, note):
 
 def visualize(workdir, images=(), num_images=6, output="token_keep.png"):
     """Loads the run, picks the images, renders; returns the output path."""
-    from spvit_tf.export import load_pixels, pixel_scale
+    from spvit_tf.data import load_pixels
+    from spvit_tf.preprocessing import Preprocessor
     from spvit_tf.workdir import load_model
 
     model, run = load_model(workdir)
     if model.pruner is None:
         raise SpvitError(f"{workdir} is a dense run: there are no token selections to show")
-    size, crop = run["image_size"], run.get("crop_ratio", 1.0)
+    preprocessor = Preprocessor.from_run(run, f"{workdir}/run.json")
     if images:
-        pixels, names = read_images(images, size, crop)
+        pixels, names = read_images(images, preprocessor)
     else:
-        pixels, labels, classes = load_pixels(run["data"], "eval", num_images, size, crop)
+        pixels, labels, classes = load_pixels(run["data"], "eval", num_images, preprocessor)
         names = [classes[label] for label in labels]
-    mean, std = pixel_scale(run["mean"], "run.json mean"), pixel_scale(run["std"], "run.json std")
-    maps = keep_maps(model, pixels, mean, std)
+    maps = keep_maps(model, pixels, preprocessor)
     config = model.pruner.config
     titles = [f"block {step.block}: keep {step.kept}/{step.stage_patches}"
               for step in model.schedule.steps]

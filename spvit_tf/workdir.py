@@ -9,9 +9,10 @@ output-location checks of every CLI.
     <workdir>/final/model.weights.h5     final weights of the model `run.json` describes
 
 `run.json` holds `model` (registry name), `model_config` (the `create_model` overrides,
-pruning included), `class_names`, `image_size`, `mean`, `std` (input normalisation on a 0-1
-pixel scale, as timm gives them), `crop_ratio` and `data` (the source spec). Files are written
-atomically.
+pruning included), `class_names`, `preprocessing` (the input contract: image size, crop ratio
+and mean/std on their stated 0-1 scale, as `spvit_tf.preprocessing.Preprocessor.to_json` writes
+it; `Preprocessor.from_run` also reads the top-level keys earlier versions wrote) and `data`
+(the source spec). Files are written atomically.
 
 Every CLI that writes (train's workdir, export's and the benchmarks' --output_dir, the
 --output of visualize and latency_table) checks its output location first with

@@ -18,6 +18,9 @@ import pytest
 import spvit_tf
 from conftest import REPO
 from spvit_tf import export
+from spvit_tf.data import load_pixels
+from spvit_tf.preprocessing import Preprocessor
+from spvit_tf.tflite.runner import keras_logits, run_tflite
 from spvit_tf.workdir import FINAL_WEIGHTS
 from test_export import CIFAR, make_workdir
 
@@ -44,8 +47,8 @@ def fit_head(workdir):
                           for mine, theirs in zip(features.get_weights(), model.get_weights())])
     features.head.kernel.assign(np.eye(width, dtype=np.float32))
     features.head.bias.assign(np.zeros(width, np.float32))
-    pixels, labels, _ = export.load_pixels("cifar10_embedded", "train", 2000, 32, 1.0)
-    x = export.keras_logits(features, pixels, source.mean, source.std)
+    pixels, labels, _ = load_pixels("cifar10_embedded", "train", 2000, source.preprocessor)
+    x = keras_logits(features, pixels, source.preprocessor)
     x = np.concatenate([x, np.ones((len(x), 1), np.float32)], axis=1)
     targets = 10.0 * np.eye(len(CIFAR), dtype=np.float32)[labels]
     w = np.linalg.solve(x.T @ x + 1e-2 * np.eye(width + 1), x.T @ targets).astype(np.float32)
@@ -71,14 +74,15 @@ def exported(tmp_path_factory):
 @pytest.fixture(scope="module")
 def images():
     """Test images already at the models' 32x32 input size: MediaPipe resamples nothing."""
-    pixels, _, _ = export.load_pixels("cifar10_embedded", "eval", IMAGES, 32, 1.0)
+    pixels, _, _ = load_pixels("cifar10_embedded", "eval", IMAGES, Preprocessor(32, 1.0))
     return pixels
 
 
 def litert_outputs(content, card, pixels):
-    kind = "float" if card["input"]["value_range"] is None else "uint8"  # uint8: bytes as given
-    return export.run_tflite(content, pixels, kind, np.asarray(card["input"]["mean"], np.float32),
-                             np.asarray(card["input"]["std"], np.float32))
+    if card["input"]["value_range"] is None:  # the normalised image in
+        preprocessor = Preprocessor.from_json(card["input"]["preprocessor"])
+        return run_tflite(content, pixels, "float", preprocessor)
+    return run_tflite(content, pixels, "uint8")  # the pixel values, as the tensor's type takes them
 
 
 def mediapipe_outputs(path, pixels, num_classes):

@@ -10,11 +10,12 @@ import tensorflow as tf
 from conftest import REPO, SHARED, require_shared
 from spvit_tf import data
 from spvit_tf.errors import SpvitError
+from spvit_tf.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
 
 CIFAR_ARCHIVE = SHARED / "data" / "cifar10-jpeg.tar.gz"
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                  "truck")
-MEAN, STD = np.array(data.IMAGENET_MEAN), np.array(data.IMAGENET_STD)
+MEAN, STD = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,8 @@ def test_embedded_archive_is_a_class_balanced_cifar10_subset(embedded):
 
 def test_eval_pipeline_is_normalised_identity_sized_and_in_file_order(embedded):
     _, test = embedded
-    ds = data.to_dataset(test, image_size=32, batch_size=300, training=False, crop_ratio=1.0)
+    ds = data.to_dataset(test, preprocessor=Preprocessor(32, 1.0), batch_size=300,
+                         training=False)
     first, second = batches(ds), batches(ds)
     assert [x.shape for x, _ in first] == [(300, 32, 32, 3)] * 3 + [(100, 32, 32, 3)]
     assert first[0][0].dtype == np.float32 and first[0][1].dtype == np.int32
@@ -57,15 +59,17 @@ def test_training_shuffles_reproducibly_per_seed_and_epoch(embedded):
     def first_labels(ds):
         return next(iter(ds))[1].numpy()
 
-    ds = data.to_dataset(train, image_size=32, batch_size=384, training=True, shuffle_seed=3,
-                         crop_ratio=1.0)
+    ds = data.to_dataset(train, preprocessor=Preprocessor(32, 1.0), batch_size=384, training=True,
+                         shuffle_seed=3)
     epoch1, epoch2 = batches(ds), batches(ds)
     assert [x.shape for x, _ in epoch1] == [(384, 32, 32, 3)] * 10  # 4000 // 384, rest dropped
-    again = data.to_dataset(train, image_size=32, batch_size=384, training=True, shuffle_seed=3)
+    again = data.to_dataset(train, preprocessor=Preprocessor(32), batch_size=384, training=True,
+                            shuffle_seed=3)
     np.testing.assert_array_equal(first_labels(again), epoch1[0][1])
     assert not np.array_equal(epoch1[0][1], epoch2[0][1])  # reshuffled each epoch
     assert not np.array_equal(epoch1[0][1], train.labels[:384])
-    other = data.to_dataset(train, image_size=32, batch_size=384, training=True, shuffle_seed=4)
+    other = data.to_dataset(train, preprocessor=Preprocessor(32), batch_size=384, training=True,
+                            shuffle_seed=4)
     assert not np.array_equal(first_labels(other), epoch1[0][1])
 
 
@@ -114,7 +118,8 @@ def test_folder_directory_streams_paths_with_sorted_class_labels(tmp_path):
     assert data.load_split(f"folder:{root}", "eval").split == "val"  # val wins over test
     assert data.load_split(f"folder:{root}", "test").split == "test"
 
-    (x, y), = batches(data.to_dataset(train, image_size=8, batch_size=4, training=False))
+    (x, y), = batches(data.to_dataset(train, preprocessor=Preprocessor(8), batch_size=4,
+                                      training=False))
     assert x.shape == (4, 8, 8, 3)
     np.testing.assert_array_equal(y, [0, 0, 1, 1])
     np.testing.assert_allclose(x[0], np.broadcast_to(expected_pixel(COLOURS["ant"]), (8, 8, 3)),
@@ -143,8 +148,8 @@ def test_full_shared_cifar10_archive_reads_without_extracting():
     test = data.load_split(f"folder:{path}", "eval")
     assert test.split == "test" and test.class_names == CIFAR_CLASSES
     np.testing.assert_array_equal(np.bincount(test.labels), [1000] * 10)
-    x, y = next(iter(data.to_dataset(test, image_size=32, batch_size=8, training=False,
-                                     crop_ratio=1.0)))
+    x, y = next(iter(data.to_dataset(test, preprocessor=Preprocessor(32, 1.0), batch_size=8,
+                                     training=False)))
     assert x.shape == (8, 32, 32, 3) and list(y.numpy()) == [0] * 8
 
 
@@ -238,7 +243,7 @@ def test_eval_subset_is_a_fixed_fair_sample():
     from spvit_tf import data
 
     split = data.load_split("cifar10_embedded", "test")
-    kwargs = dict(image_size=32, batch_size=50, training=False, crop_ratio=1.0)
+    kwargs = dict(preprocessor=Preprocessor(32, 1.0), batch_size=50, training=False)
     in_order = next(iter(data.to_dataset(split, **kwargs)))[1].numpy()
     assert set(in_order) == {0}
     subset = data.to_dataset(split, subset_seed=0, **kwargs)

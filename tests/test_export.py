@@ -13,6 +13,12 @@ import pytest
 import spvit_tf
 from conftest import REPO
 from spvit_tf import export
+from spvit_tf.data import load_pixels
+from spvit_tf.preprocessing import Preprocessor
+from spvit_tf.tflite.convert import FORMATS, MOBILE_INT8_OPS, convert, serving_model
+from spvit_tf.tflite.gpu import GPU_FORMATS, gpu_compatibility, gpu_twin
+from spvit_tf.tflite.graph import Graph
+from spvit_tf.tflite.runner import keras_logits, run_tflite
 from spvit_tf.workdir import FINAL_WEIGHTS, write_run
 
 CIFAR = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -20,19 +26,21 @@ VIT = dict(image_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=3, num_
 PIT = dict(image_size=32, patch_size=4, stride=2, num_classes=10, base_dims=(16, 16, 16),
            depth=(2, 2, 2), heads=(1, 2, 4))
 PRUNING = dict(method="spvit", locations=[1, 2, 3], keep_ratios=[0.75, 0.5, 0.25])
-MEAN, STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+PREPROCESSOR = Preprocessor(32, crop_ratio=1.0)  # ImageNet mean/std, as the CIFAR runs train
 EXAMPLES = 100
 
 
 def make_workdir(path, method="spvit"):
+    """A finished run's workdir as `spvit_tf.train` writes it (run.json, final weights)."""
     keras.utils.set_random_seed(0)
     config = dict(VIT, pruning=dict(PRUNING, method=method))
     model = spvit_tf.create_model("deit_tiny_patch16_224", **config)
     (path / "final").mkdir(parents=True)
     model.save_weights(path / FINAL_WEIGHTS)
     write_run(path, {
-        "model": "deit_tiny_patch16_224", "model_config": config, "class_names": list(CIFAR),
-        "image_size": 32, "mean": MEAN, "std": STD, "crop_ratio": 1.0, "data": "cifar10_embedded",
+        "model": "deit_tiny_patch16_224", "model_config": config, "mode": method,
+        "data": "cifar10_embedded", "class_names": list(CIFAR),
+        "preprocessing": PREPROCESSOR.to_json(),
     })
     return path
 
@@ -56,7 +64,7 @@ def exported(tmp_path_factory):
     """One CLI export of every format (and the GPU variants) of a tiny pruned DeiT."""
     workdir = make_workdir(tmp_path_factory.mktemp("run") / "cifar_demo")
     out = tmp_path_factory.mktemp("tflite")
-    result = run_cli(f"--workdir={workdir}", f"--formats={','.join(export.FORMATS)}",
+    result = run_cli(f"--workdir={workdir}", f"--formats={','.join(FORMATS)}",
                      "--gpu_friendly", f"--output_dir={out}", f"--eval_examples={EXAMPLES}",
                      "--calibration_examples=50")
     assert result.returncode == 0, result.stderr
@@ -73,7 +81,7 @@ def tflite_ops(path):
 
 def test_every_format_has_a_model_file_card_and_summary(exported):
     _, out, cards = exported
-    assert set(cards) == set(export.FORMATS) | {"gpu_fp32", "gpu_fp16"}
+    assert set(cards) == set(FORMATS) | {"gpu_fp32", "gpu_fp16"}
     assert (out / "labels.txt").read_text().splitlines() == list(CIFAR)
     for name, card in cards.items():
         path = out / f"cifar_demo_{name}.tflite"
@@ -84,7 +92,9 @@ def test_every_format_has_a_model_file_card_and_summary(exported):
         assert card["gflops"] > 0 and card["params"] > 0 and card["ops"]
         assert set(card["converter"]) >= {"tensorflow", "keras", "ai_edge_litert"}
         assert card["input"]["shape"] == [1, 32, 32, 3] and card["input"]["layout"] == "NHWC, RGB"
-        np.testing.assert_allclose(card["input"]["mean"], MEAN, rtol=1e-6)
+        np.testing.assert_array_equal(card["input"]["mean"], PREPROCESSOR.pixel_mean)
+        np.testing.assert_array_equal(card["input"]["std"], PREPROCESSOR.pixel_std)
+        assert Preprocessor.from_json(card["input"]["preprocessor"]) == PREPROCESSOR
         evaluation = card["evaluation"]
         assert evaluation["examples"] == EXAMPLES and evaluation["data"] == "cifar10_embedded"
         assert 0 <= evaluation["top1_agreement"] <= 1
@@ -109,14 +119,15 @@ def test_float_exports_match_keras(exported):
     assert cards["fp32"]["evaluation"]["top1_agreement"] == 1.0
     # and independently of the exporter's own check
     source = export.source_from_workdir(str(workdir))
+    assert source.preprocessor == PREPROCESSOR
     model = export.build_model(source)
-    pixels, _, _ = export.load_pixels("cifar10_embedded", "eval", 16, 32, 1.0)
-    reference = export.keras_logits(model, pixels, source.mean, source.std)
+    pixels, _, _ = load_pixels("cifar10_embedded", "eval", 16, source.preprocessor)
+    reference = keras_logits(model, pixels, source.preprocessor)
     content = (out / "cifar_demo_fp32.tflite").read_bytes()
-    logits = export.run_tflite(content, pixels, "uint8", source.mean, source.std)
+    logits = run_tflite(content, pixels, "uint8")
     np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=0)
     content = (out / "cifar_demo_gpu_fp32.tflite").read_bytes()  # float pixels in
-    logits = export.run_tflite(content, pixels, "pixels", source.mean, source.std)
+    logits = run_tflite(content, pixels, "pixels")
     np.testing.assert_allclose(logits, reference, atol=1e-4, rtol=0)
 
 
@@ -139,14 +150,14 @@ def delegate_partitions(path):
 
 def test_phone_int8_quantizes_the_weighted_ops_and_keeps_xnnpack_in_one_piece(exported):
     _, out, cards = exported
-    graph = export.Graph.read((out / "cifar_demo_int8.tflite").read_bytes())
-    weighted = [op for op in graph.ops if op["type"] in export.MOBILE_INT8_OPS]
+    graph = Graph.read((out / "cifar_demo_int8.tflite").read_bytes())
+    weighted = [op for op in graph.ops if op["type"] in MOBILE_INT8_OPS]
     assert {op["type"] for op in weighted} == {"FULLY_CONNECTED", "CONV_2D"}
     for op in weighted:  # activations in, weights and results all int8
         assert {graph.tensors[t]["dtype"] for t in op["inputs"][:2] + op["outputs"]} == {"int8"}
     islands = cards["int8"]["float_islands"]
     assert {"GELU", "SOFTMAX", "BATCH_MATMUL"} <= set(islands)
-    assert not set(islands) & set(export.MOBILE_INT8_OPS)
+    assert not set(islands) & set(MOBILE_INT8_OPS)
     assert "float by design" in islands["GELU"]["why"]
     # The float islands are what XNNPACK runs: the delegate splits no more than for fp32,
     # while the integer-only graph leaves ops it has no int8 kernel for outside it.
@@ -193,12 +204,11 @@ def test_every_gpu_variant_of_every_method_runs_wholly_on_the_gpu_delegate(metho
     """By the exporter's delegate rules, as its cards report them: no op left to the CPU."""
     keras.utils.set_random_seed(0)
     config = dict(VIT) if method == "dense" else dict(VIT, pruning=dict(PRUNING, method=method))
-    gpu = export.gpu_twin(spvit_tf.create_model("deit_tiny_patch16_224", **config))
-    graph = export.serving_model(gpu, export.Options(formats=("fp32",)).gpu_io,
-                                 np.float32(MEAN), np.float32(STD))
-    for fmt in export.GPU_FORMATS:
-        content = export.convert(graph, fmt)
-        verdict = export.gpu_compatibility(content, export.Graph.read(content))
+    gpu = gpu_twin(spvit_tf.create_model("deit_tiny_patch16_224", **config))
+    graph = serving_model(gpu, export.Options(formats=("fp32",)).gpu_io, PREPROCESSOR)
+    for fmt in GPU_FORMATS:
+        content = convert(graph, fmt)
+        verdict = gpu_compatibility(content, Graph.read(content))
         assert verdict["cpu_fallback"] == {} and verdict["compatible"], \
             (fmt, verdict["cpu_fallback"])
 
@@ -259,6 +269,11 @@ def test_fpga_export_names_the_float_ops_it_cannot_remove(tmp_path):
 def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
     workdir = make_workdir(tmp_path / "run")
     out = tmp_path / "out"
+    pixel_scale = make_workdir(tmp_path / "pixel_scale")  # an old run.json with 0-255 mean/std
+    run = json.loads((pixel_scale / "run.json").read_text())
+    del run["preprocessing"]
+    write_run(pixel_scale, dict(run, image_size=32, crop_ratio=1.0, mean=[123.675, 116.28, 103.53],
+                                std=[58.395, 57.12, 57.375]))
     cases = [
         ((f"--workdir={tmp_path / 'nothing'}",), "not a training workdir"),
         ((f"--workdir={workdir}", "--formats=fp32,int4"), "unknown format"),
@@ -268,6 +283,7 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
         ((f"--workdir={workdir}", "--io=rgb"), "--io"),
         ((f"--workdir={workdir}", "--gpu_io=rgb"), "--gpu_io"),
         ((f"--workdir={workdir}", "--eval_examples=0"), "eval_examples"),
+        ((f"--workdir={pixel_scale}",), "on the 0-1 scale"),
     ]
     for flags, message in cases:
         result = run_cli(*flags, f"--output_dir={out}")

@@ -14,7 +14,9 @@ import pytest
 
 import spvit_tf
 from conftest import REPO
-from spvit_tf import budget, export, flops, latency_table
+from spvit_tf import budget, flops, latency_table
+from spvit_tf.tflite.convert import convert
+from spvit_tf.tflite.graph import Graph
 from spvit_tf.errors import SpvitError
 
 MODEL = "deit_tiny_patch16_224"
@@ -121,12 +123,12 @@ def test_int8_parts_are_the_phone_int8_graphs(tmp_path):
     block = latency_table.block_graph(model.blocks[0], 5)
     prune = latency_table.prune_graph(192, 3, 4, 1, (2, 2), False)  # two inputs: tokens, scores
     paths = latency_table.write_graphs({"block": block, "prune": prune}, tmp_path, "int8")
-    graph = export.Graph.read(paths[0].read_bytes())
+    graph = Graph.read(paths[0].read_bytes())
     weights = [graph.tensors[op["inputs"][1]]["dtype"] for op in graph.ops
                if op["type"] == "FULLY_CONNECTED"]
     assert len(weights) == 4 and set(weights) == {"int8"}, weights  # qkv, proj, two MLP layers
     assert [graph.tensors[t]["dtype"] for t in graph.inputs + graph.outputs] == ["float32"] * 2
-    assert export.Graph.read(paths[1].read_bytes()).op_counts()["TOPK_V2"] == 1
+    assert Graph.read(paths[1].read_bytes()).op_counts()["TOPK_V2"] == 1
 
 
 def run_cli(*flags):
@@ -198,12 +200,11 @@ def test_adb_target_times_through_the_phone_benchmark(tmp_path, monkeypatch):
 
 
 def test_trained_like_weights_keep_ops_a_fresh_model_folds_away():
-    from spvit_tf import export
     from spvit_tf.layers import LayerNorm
 
     def ops_of(norm):
         (x,) = latency_table._inputs((5, 8))
-        return sum(export.Graph.read(export.convert(keras.Model(x, norm(x)), "fp32"))
+        return sum(Graph.read(convert(keras.Model(x, norm(x)), "fp32"))
                    .op_counts().values())
 
     fresh, norm = LayerNorm(), LayerNorm()

@@ -230,15 +230,16 @@ def test_pruned_deit_tiny_converts_to_builtin_tflite():
 
 def test_gpu_friendly_export_has_no_topk_or_gather():
     """The TFLite Analyzer calls even TOPK_V2 "compatible", so check the delegate's rules."""
-    from spvit_tf import export
+    from spvit_tf.tflite.gpu import gpu_compatibility
+    from spvit_tf.tflite.graph import Graph
 
     model = build("pit", "spvit", selection="matmul")
     inputs = keras.Input((32, 32, 3), batch_size=1)
     content = tf.lite.TFLiteConverter.from_keras_model(keras.Model(inputs, model(inputs))).convert()
-    graph = export.Graph.read(content)
+    graph = Graph.read(content)
     ops = set(graph.op_counts())
     assert "BATCH_MATMUL" in ops and not ops & {"TOPK_V2", "GATHER", "GATHER_ND"}, ops
-    fallback = export.gpu_compatibility(content, graph)["cpu_fallback"]
+    fallback = gpu_compatibility(content, graph)["cpu_fallback"]
     assert not [op for op in fallback if op.startswith(("TOPK_V2", "GATHER"))], fallback
 
 

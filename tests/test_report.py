@@ -146,14 +146,15 @@ def pruned_workdir(tmp_path_factory):
 
 def test_keep_maps_match_the_masked_decisions(pruned_workdir):
     """The gathered indices drawn are the tokens the masked graph keeps, location by location."""
-    from spvit_tf.export import load_pixels, pixel_scale
+    from spvit_tf.data import load_pixels
+    from spvit_tf.preprocessing import Preprocessor
     from spvit_tf.workdir import load_model
 
     model, run = load_model(str(pruned_workdir))
-    pixels, _, _ = load_pixels("cifar10_embedded", "eval", 4, 32, 1.0)
-    mean, std = pixel_scale(run["mean"], "mean"), pixel_scale(run["std"], "std")
-    maps = visualize.keep_maps(model, pixels, mean, std)
-    masked = model.forward((pixels.astype(np.float32) - mean) / std, training=False, mode="mask")
+    preprocessor = Preprocessor.from_run(run)
+    pixels, _, _ = load_pixels("cifar10_embedded", "eval", 4, preprocessor)
+    maps = visualize.keep_maps(model, pixels, preprocessor)
+    masked = model.forward(preprocessor.normalize(pixels), training=False, mode="mask")
     previous = np.ones((4, 64), bool)
     for (kept, dropped_now), record, k in zip(maps, masked.records, model.pruner.counts):
         decision = np.asarray(record["decision"]) > 0.5

@@ -38,9 +38,10 @@ def test_the_shipped_files_are_all_there():
 @pytest.fixture(scope="module")
 def test_set():
     require_shared(CIFAR10)
-    from spvit_tf.export import load_pixels
+    from spvit_tf.data import load_pixels
+    from spvit_tf.preprocessing import Preprocessor
 
-    pixels, labels, _ = load_pixels(f"folder:{CIFAR10}", "eval", 10_000, 32, 1.0)
+    pixels, labels, _ = load_pixels(f"folder:{CIFAR10}", "eval", 10_000, Preprocessor(32, 1.0))
     assert len(labels) == 10_000
     return pixels, labels
 
@@ -48,13 +49,13 @@ def test_set():
 @pytest.mark.slow
 @pytest.mark.parametrize("card_path", CARDS, ids=lambda p: p.stem)
 def test_shipped_file_reaches_its_stated_accuracy(card_path, test_set):
-    from spvit_tf.export import run_tflite
+    from spvit_tf.tflite.runner import run_tflite
 
     card = json.loads(card_path.read_text())
     pixels, labels = test_set
     content = card_path.with_suffix(".tflite").read_bytes()
     # Every shipped file takes the pixel values: uint8 bytes as is, int8 quantized with scale 1
     # and zero point -128, float32 (the GPU files) as floats 0-255.
-    logits = run_tflite(content, pixels, "uint8", mean=None, std=None)
+    logits = run_tflite(content, pixels, "uint8")
     accuracy = float(np.mean(logits.argmax(1) == labels))
     assert abs(accuracy - card["evaluation"]["tflite_accuracy"]) <= 0.002, card["file"]

@@ -161,7 +161,8 @@ def test_gpu_friendly_tome_gives_the_gathered_logits(family):
 
 @pytest.mark.parametrize("selection", ["gather", "matmul"])
 def test_tome_converts_to_builtin_tflite(selection):
-    from spvit_tf import export
+    from spvit_tf.tflite.gpu import gpu_compatibility
+    from spvit_tf.tflite.graph import Graph
 
     model = build(selection=selection, keep_ratios=(0.25, 0.2, 0.1))  # two rounds at block 1
     content, logits, ops = tflite(model)
@@ -169,7 +170,7 @@ def test_tome_converts_to_builtin_tflite(selection):
     assert not any("FLEX" in op or "CUSTOM" in op for op in ops), ops
     if selection == "matmul":
         assert not ops & GPU_REJECTED, ops
-        assert export.gpu_compatibility(content, export.Graph.read(content))["compatible"]
+        assert gpu_compatibility(content, Graph.read(content))["compatible"]
 
 
 def test_tome_fine_tune_loss_has_every_term_and_reaches_the_backbone():

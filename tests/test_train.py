@@ -158,7 +158,7 @@ def test_training_lowers_the_loss_and_fills_the_workdir(demo, tmp_path):
     assert {"total", "ce", "ratio", "keep_0", "lr", "eval_top1"} <= tags
     run_json = json.load(open(os.path.join(workdir, "run.json")))
     assert run_json["model_config"]["pruning"]["keep_ratios"] == [0.7, 0.49]
-    assert len(run_json["class_names"]) == 10 and run_json["image_size"] == 32
+    assert len(run_json["class_names"]) == 10 and run_json["preprocessing"]["image_size"] == 32
 
     final = json.load(open(os.path.join(workdir, "final", "eval.json")))
     assert final["step"] == 40 and final["eval_examples"] == 1000
@@ -380,7 +380,7 @@ def test_imagenet_config_trains_on_tfds_mock_data(config, imagenet_runs):
     assert final["step"] == 2 and final["eval_examples"] == 2
     assert final["gflops"] < final["dense_gflops"]
     run_json = json.load(open(tmp_path / "run" / "run.json"))
-    assert run_json["data"] == "tfds:imagenet2012" and run_json["image_size"] == 224
+    assert run_json["data"] == "tfds:imagenet2012" and run_json["preprocessing"]["image_size"] == 224
     assert len(run_json["class_names"]) == 1000
     losses = [r["total"] for r in metrics(tmp_path / "run") if "total" in r]
     assert losses and all(math.isfinite(v) for v in losses)

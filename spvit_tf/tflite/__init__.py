@@ -1,7 +1,17 @@
-"""The TFLite toolkit: what turns a converted `.tflite` into a file an app can ship.
+"""The TFLite toolkit: what turns a Keras model into a `.tflite` an app can ship, and checks it.
 
-`spvit_tf.tflite.metadata` writes (and reads back) the TFLite model metadata that app runtimes
-such as MediaPipe Tasks read to feed, normalise and label a classifier. The exporter's other
-TFLite pieces (conversion, graph inspection, the GPU delegate rules) move here from
-`spvit_tf.export` over time; `spvit_tf.export` stays the command line that drives them.
+One module per concept, each with a small public API:
+
+- `convert`: the serving graph (`serving_model`, `serving_inputs`), the converter settings of
+  every format (`convert`, `FORMATS`) and the calibrated quantization (`quantize_int16x8`).
+- `graph`: the flatbuffer reader (`Graph`: ops, tensors, float ops, builtin/integer checks).
+- `gpu`: the GPU delegate: the variant it runs whole (`gpu_twin`) and the rule check of which
+  ops it would leave to the CPU (`gpu_compatibility`).
+- `runner`: the LiteRT interpreter harness on uint8 pixels (`run_tflite`) and the Keras
+  reference on the same pixels (`keras_logits`).
+- `cards`: the JSON and Markdown model cards and the FPGA op report.
+- `metadata`: the TFLite model metadata that app runtimes such as MediaPipe Tasks read.
+- `capture`: output of TFLite's C++ code (file descriptor 1).
+
+`spvit_tf.export` is the command line that drives them.
 """

@@ -137,8 +137,10 @@ def for_export(*, stem, fmt, source, model, graph_name, input_tensor, output_ten
 
     Name: the file's stem; description: model, pruning schedule, GFLOPs, format and how to
     feed it; version: the package version and a digest of the exported weights, so two
-    exports of different weights never share a version. `normalized_input`: the float input
-    is the normalised image (else a float input holds the pixels 0-255).
+    exports of different weights never share a version. `source`: what was exported
+    (`model_name`, `weights` and the `preprocessor`, whose normalisation a float input that
+    takes the normalised image declares); `normalized_input`: the float input is the
+    normalised image (else a float input holds the pixels 0-255).
     """
     import spvit_tf
     from spvit_tf.flops import model_cost
@@ -147,7 +149,9 @@ def for_export(*, stem, fmt, source, model, graph_name, input_tensor, output_ten
     pruning = model.get_config().get("pruning")
     normalization = None
     if input_tensor["dtype"] == "float32":
-        normalization = ((tuple(float(v) for v in source.mean), tuple(float(v) for v in source.std))
+        preprocessor = source.preprocessor
+        normalization = ((tuple(float(v) for v in preprocessor.pixel_mean),
+                          tuple(float(v) for v in preprocessor.pixel_std))
                          if normalized_input else ((0.0,), (1.0,)))
     version = spvit_tf.__version__
     if source.weights and os.path.isfile(source.weights):
