@@ -12,6 +12,8 @@ One module per concept, each with a small public API:
 - `cards`: the JSON and Markdown model cards and the FPGA op report.
 - `metadata`: the TFLite model metadata that app runtimes such as MediaPipe Tasks read.
 - `capture`: output of TFLite's C++ code (file descriptor 1).
+- `profile`: per-op latency profiles from TFLite's `benchmark_model`, attributed to blocks and
+  selectors (pure Python: the adb runner imports it without TensorFlow).
 
 `spvit_tf.export` is the command line that drives them.
 """
