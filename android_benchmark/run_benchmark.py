@@ -281,9 +281,7 @@ def run_benchmarks(adb, binary, models, backends, threads, extra_flags, timeout_
                     )
                     log_path = log_dir / f"{model.stem}_{backend}_t{num_threads}.log"
                     rows.append(run_one(adb, row, remote[model], extra_flags, timeout_s, log_path))
-                    print(
-                        f"{model.stem} {backend} t{num_threads}: {row.status} {row.error}".rstrip()
-                    )
+                    print(f"{row.label}: {row.status} {row.error}".rstrip())
     finally:
         try:
             cleanup = adb.run("shell", "rm", "-rf", REMOTE_DIR)

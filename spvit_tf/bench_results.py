@@ -64,6 +64,11 @@ class BenchResult:
             raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
 
     @property
+    def label(self):
+        """How messages name the run: `<model> <backend> t<threads>`."""
+        return f"{self.model} {self.backend} t{self.num_threads}"
+
+    @property
     def key(self):
         """Rows with the same key were measured under the same conditions."""
         return (self.target, self.device, self.backend, self.num_threads)
@@ -202,7 +207,7 @@ def failure_line(rows, output_dir):
     failed = [r for r in rows if r.status != "ok"]
     if not failed:
         return None
-    names = ", ".join(f"{r.model} {r.backend} t{r.num_threads}" for r in failed[:5])
+    names = ", ".join(r.label for r in failed[:5])
     if len(failed) > 5:
         names += f" and {len(failed) - 5} more"
     first = " ".join(failed[0].error.split()) or "no error recorded"

@@ -202,12 +202,12 @@ def profile_rows(rows, binary, runs, warmup, timeout_s=600):
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
             output = result.stdout + result.stderr
         except (OSError, subprocess.TimeoutExpired) as error:
-            problems.append(f"{row.model} {row.backend} t{row.num_threads}: {error}")
+            problems.append(f"{row.label}: {error}")
             continue
         ops = profile.parse_op_profile(output)
         if result.returncode != 0 or not ops:
             last = output.strip().splitlines()[-1:] or ["no output"]
-            problems.append(f"{row.model} {row.backend} t{row.num_threads}: benchmark_model "
+            problems.append(f"{row.label}: benchmark_model "
                             f"exit {result.returncode}, no op profile ({last[0][:200]})")
             continue
         row.profile = profile.summarise(ops)

@@ -176,8 +176,3 @@ def totals(profile, by):
     return sorted(((key, *values) for key, values in groups.items()),
                   key=lambda t: (-t[2], str(t[0])))
 
-
-def profile_text(output):
-    """The profile section of a benchmark_model output, for logs and error messages."""
-    start = output.find(MARKER)
-    return output[start:] if start >= 0 else ""
