@@ -27,10 +27,19 @@ def test_the_entry_names_its_format_and_scale_and_round_trips():
 
 
 @pytest.mark.parametrize("path", COMMITTED_RUNS, ids=lambda p: p.parent.name)
-def test_committed_run_files_of_earlier_versions_still_load(path):
+def test_committed_run_files_load_in_either_layout(path):
+    """Files written before the entry existed read by the legacy keys; newer ones by the entry."""
     run = json.loads(path.read_text())
-    assert RUN_KEY not in run  # written before the entry existed: the legacy keys
-    assert Preprocessor.from_run(run) == Preprocessor(run["image_size"], run["crop_ratio"])
+    if RUN_KEY in run:
+        assert Preprocessor.from_run(run) == Preprocessor.from_json(run[RUN_KEY])
+    else:
+        assert Preprocessor.from_run(run) == Preprocessor(run["image_size"], run["crop_ratio"])
+
+
+def test_the_legacy_keys_read_as_their_preprocessor():
+    legacy = {"image_size": 32, "crop_ratio": 0.875, "mean": list(IMAGENET_MEAN),
+              "std": list(IMAGENET_STD)}
+    assert Preprocessor.from_run(legacy) == Preprocessor(32, crop_ratio=0.875)
 
 
 def test_pixel_scale_constants_are_the_shipped_files_bits():
