@@ -31,7 +31,7 @@ try:
 except ImportError:  # running from a checkout where spvit_tf is not installed
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from spvit_tf import bench_results
-from spvit_tf.errors import SpvitError, run_cli
+from spvit_tf.errors import SpvitError, parse_flags, run_cli
 from spvit_tf.tflite.profile import BACKEND_FLAGS, PROFILE_FLAGS, parse_op_profile, summarise
 from spvit_tf.workdir import check_output_dir
 
@@ -371,4 +371,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(run_cli(main))
+    app.run(run_cli(main), flags_parser=parse_flags)

@@ -12,8 +12,8 @@ import json
 import pathlib
 import re
 
-from spvit_tf.errors import SpvitError
-from spvit_tf.workdir import atomic_write
+from spvit_tf.errors import SpvitError, first_line
+from spvit_tf.workdir import atomic_write, read_json
 
 SCHEMA_VERSION = 2  # 2 added the per-op `profile`; version-1 files still read (no profiles)
 READABLE_VERSIONS = (1, 2)
@@ -372,12 +372,18 @@ def write_results(output_dir, rows, comparisons=(), meta=None):
 
 def read_results(path):
     """(rows, comparisons, meta) from a results.json, e.g. to merge host and phone runs."""
-    document = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
-    if document.get("schema_version") not in READABLE_VERSIONS:
+    fix = "rerun the benchmark that wrote it"
+    document = read_json(path, fix)
+    version = document.get("schema_version") if isinstance(document, dict) else None
+    if version not in READABLE_VERSIONS:
         raise SpvitError(
-            f"{path} has schema {document.get('schema_version')}, not one of "
-            f"{READABLE_VERSIONS}; rerun the benchmark with this version of spvit_tf"
+            f"{path} has schema {version}, not one of {READABLE_VERSIONS}; rerun the benchmark "
+            "with this version of spvit_tf"
         )
-    rows = [BenchResult(**r) for r in document["results"]]
-    comparisons = [Comparison(**c) for c in document["comparisons"]]
-    return rows, comparisons, document["meta"]
+    try:
+        rows = [BenchResult(**r) for r in document["results"]]
+        comparisons = [Comparison(**c) for c in document["comparisons"]]
+        return rows, comparisons, document["meta"]
+    except (KeyError, TypeError) as error:
+        raise SpvitError(f"{path} is damaged ({type(error).__name__}: {first_line(error)}); "
+                         f"{fix}") from None

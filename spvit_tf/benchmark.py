@@ -37,7 +37,7 @@ import time
 from absl import app, flags
 
 from spvit_tf import bench_results
-from spvit_tf.errors import SpvitError, run_cli
+from spvit_tf.errors import SpvitError, first_line, parse_flags, run_cli
 from spvit_tf.tflite import profile
 from spvit_tf.workdir import check_output_dir
 
@@ -163,7 +163,7 @@ def run_all(models, threads, backends, runs, warmup, seed, rounds=1):
                     done.append(job.result())
                 except Exception as error:  # a broken model must not stop the others
                     row.status = "failed"
-                    row.error = f"{type(error).__name__}: {error}".splitlines()[0]
+                    row.error = f"{type(error).__name__}: {first_line(error, 300)}"
     for row, done in zip(rows, results):
         if row.status == "ok":
             for name, value in combine_rounds(done).items():
@@ -288,4 +288,4 @@ def _define_flags():
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(run_cli(main))
+    app.run(run_cli(main), flags_parser=parse_flags)

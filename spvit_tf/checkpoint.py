@@ -9,13 +9,22 @@ import os
 
 import numpy as np
 
-from spvit_tf.errors import SpvitError
+from spvit_tf.errors import SpvitError, first_line
 
 log = logging.getLogger("spvit_tf")
 
 # Containers that training scripts wrap state dicts in (DeiT's official files use "model").
 _WRAPPER_KEYS = ("model", "state_dict", "model_ema")
 KERAS_WEIGHTS_SUFFIX = ".weights.h5"
+
+
+class WeightsMismatch(SpvitError):
+    """Readable Keras weights of another architecture than the model being loaded; `problem`
+    says how they differ, for callers that know better what the user should do."""
+
+    def __init__(self, message, problem):
+        super().__init__(message)
+        self.problem = problem
 
 
 def read_state_dict(path):
@@ -201,9 +210,14 @@ def _stored_tensor_count(path):
     try:
         with h5py.File(path, "r") as f:
             f.visititems(visit)
-    except OSError as error:
-        raise SpvitError(f"{path} is not a readable Keras .weights.h5 file ({error})") from None
+    except (OSError, RuntimeError) as error:  # HDF5 reports damaged structures as either
+        raise _damaged_h5(path, error) from None
     return count
+
+
+def _damaged_h5(path, error):
+    return SpvitError(f"{path} is not a readable Keras .weights.h5 file ({first_line(error)}): "
+                      "it is truncated or damaged; restore it from a copy or train again")
 
 
 def _load_keras_weights(model, path):
@@ -217,16 +231,18 @@ def _load_keras_weights(model, path):
         try:
             model.load_weights(path)
             return
-        except (ValueError, OSError, KeyError) as error:
+        except (ValueError, OSError, KeyError, RuntimeError) as error:
             for variable, value in zip(model.weights, snapshot):
                 variable.assign(value)
-            problem = str(error).splitlines()[0]
+            if isinstance(error, (OSError, RuntimeError)):  # h5py met a damaged file
+                raise _damaged_h5(path, error) from None
+            problem = first_line(error)
     elif model.pruner is not None and _load_dense_weights(model, path, stored):
         return
     problem = problem or f"{stored} tensors stored, the model has {len(model.weights)}"
-    raise SpvitError(
+    raise WeightsMismatch(
         f"Keras weights {path} do not fit {model.name} ({problem}); build the model with the "
-        "same name and options it was trained with"
+        "same name and options it was trained with", problem
     )
 
 
@@ -238,8 +254,10 @@ def _load_dense_weights(model, path, stored):
         return False
     try:
         dense.load_weights(path)
-    except (ValueError, OSError, KeyError):
+    except (ValueError, KeyError):
         return False
+    except (OSError, RuntimeError) as error:
+        raise _damaged_h5(path, error) from None
     targets = model.timm_variables()
     for key, (variable, _) in dense.timm_variables().items():
         targets[key][0].assign(variable)

@@ -6,9 +6,14 @@ Sources:
                     .tar/.tar.gz holding that layout under one top-level folder
   tfds:<name>       a TensorFlow Datasets builder, e.g. tfds:imagenet2012 (`name/config` works)
 
-Every source is first reduced to (encoded image bytes, int32 label) records, so decoding,
-geometry, augmentation and normalisation are shared by all sources (the evaluation crop and
-the normalisation are a `spvit_tf.preprocessing.Preprocessor`'s). Training augmentation comes
+Every source is first reduced to (image source, int32 label, name) records, the source being a
+file path or encoded bytes and the name what messages call the image (its path, or
+archive:member), so reading, decoding, geometry, augmentation and normalisation are shared by
+all sources (the evaluation crop and the normalisation are a
+`spvit_tf.preprocessing.Preprocessor`'s). An image that cannot be read or decoded (a
+truncated download, an HTML page saved as .jpg) is skipped in training, named once on stderr
+and counted per epoch; in evaluation it is an error naming the file, since a top-1 and its
+per-image results must cover the whole split (see `Unreadable`). Training augmentation comes
 from kept libraries in two recipes:
   resized  DeiT's ImageNet recipe: random resized crop (`tf.image.sample_distorted_bounding_box`)
            and flip per image, then Keras' RandAugment, MixUp and CutMix per batch.
@@ -26,13 +31,14 @@ import math
 import os
 import pathlib
 import posixpath
+import sys
 import tarfile
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from spvit_tf.errors import SpvitError
+from spvit_tf.errors import GRAPH_ERROR_END, GRAPH_ERROR_START, SpvitError, first_line
 from spvit_tf.preprocessing import DEFAULT_CROP_RATIO
 
 EMBEDDED = "cifar10_embedded"
@@ -44,6 +50,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # TFDS reads whole files, so a shuffle buffer is needed on top of file shuffling; this many
 # encoded ImageNet images take about 1.5 GB.
 TFDS_SHUFFLE_BUFFER = 10_000
+# Split indices each record carries of the records up to it (see `decode_batches`): a run of
+# more unreadable images in a row than this is still counted exactly, but not all are named.
+UNREADABLE_WINDOW = 16
 # Datasets whose TFDS builders need files the user downloads by hand, for a precise error.
 TFDS_MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
 
@@ -69,6 +78,7 @@ class SplitData:
 
     Exactly one of `encoded` (images read from an archive, held in memory) and `paths` (files of
     a directory, read lazily by tf.data) is set; both are ordered by (label, file path).
+    `names` (archive:member for archives; default: the paths) name the images in messages.
     """
 
     split: str
@@ -76,25 +86,32 @@ class SplitData:
     labels: np.ndarray
     encoded: list[bytes] | None = None
     paths: list[str] | None = None
+    names: list[str] | None = None
 
     def __len__(self):
         return len(self.labels)
 
     def records(self, shuffle=False, seed=None, reshuffle=True):
-        """(encoded image, label) pairs, in file order or fully shuffled (`seed` None: unseeded;
-        `reshuffle=False`: the same order on every pass).
+        """(image source, label, int32 index in the split) triples, in file order or fully
+        shuffled (`seed` None: unseeded; `reshuffle=False`: the same order on every pass);
+        `read` turns a source into encoded bytes, `name` an index into what messages call it.
 
         Shuffling happens before any file is read, over the whole split: exact, and cheap since
         only paths (or the bytes already in memory) move through the buffer.
         """
         items = self.paths if self.paths is not None else np.array(self.encoded, dtype=object)
-        ds = tf.data.Dataset.from_tensor_slices((items, self.labels))
+        indices = np.arange(len(self), dtype=np.int32)
+        ds = tf.data.Dataset.from_tensor_slices((items, self.labels, indices))
         if shuffle:
             ds = ds.shuffle(len(self), seed=seed, reshuffle_each_iteration=reshuffle)
-        if self.paths is not None:
-            ds = ds.map(lambda path, label: (tf.io.read_file(path), label),
-                        num_parallel_calls=tf.data.AUTOTUNE)
         return ds
+
+    def read(self, source):
+        """Encoded image bytes of a record's source: the file's contents, or the bytes held."""
+        return tf.io.read_file(source) if self.paths is not None else source
+
+    def name(self, index):
+        return (self.names if self.names is not None else self.paths)[index]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -112,7 +129,8 @@ class TfdsSplit:
         return self.num_examples
 
     def records(self, shuffle=False, seed=None, reshuffle=True):
-        """(encoded image, label) pairs; shuffling shuffles files, then a TFDS_SHUFFLE_BUFFER."""
+        """(encoded image, label, int32 position) triples; shuffling shuffles files, then a
+        TFDS_SHUFFLE_BUFFER."""
         import tensorflow_datasets as tfds
 
         ds = self.builder.as_dataset(
@@ -124,7 +142,15 @@ class TfdsSplit:
         )
         if shuffle:
             ds = ds.shuffle(TFDS_SHUFFLE_BUFFER, seed=seed, reshuffle_each_iteration=reshuffle)
-        return ds.map(lambda image, label: (image, tf.cast(label, tf.int32)))
+        return ds.enumerate().map(
+            lambda i, record: (record[0], tf.cast(record[1], tf.int32), tf.cast(i, tf.int32)))
+
+    def read(self, source):
+        return source
+
+    def name(self, index):
+        """TFDS keeps no file names: an image is named by its position in the stream read."""
+        return f"image {index} of {self.builder.name} {self.split} as read"
 
 
 def parse_source(spec, *, tfds_data_dir=None, tfds_manual_dir=None):
@@ -221,10 +247,22 @@ class Augment:
     def soft_labels(self):
         return bool(self.mixup_alpha or self.cutmix_alpha)
 
+    def check_image_size(self, image_size):
+        """Raises unless the crop works at `image_size`: reflect padding mirrors the image's
+        own pixels, so it must be smaller than the image. `to_dataset` calls this before it
+        traces the pipeline (an error raised inside a traced function reaches the user wrapped
+        in TensorFlow's trace), and a CLI may call it before it creates anything."""
+        if self.crop == "pad" and self.crop_padding >= image_size:
+            raise SpvitError(
+                f"crop_padding {self.crop_padding} must be smaller than the image size "
+                f"{image_size} (reflect padding mirrors the image's own pixels); pass "
+                f"--crop_padding below {image_size}")
+
 
 def pad_and_crop(image, image_size, padding):
     """The CIFAR crop: the image at image_size, reflect-padded by `padding` pixels on every side,
-    then a random image_size square of it (a random translation of up to `padding` pixels)."""
+    then a random image_size square of it (a random translation of up to `padding` pixels).
+    `padding` must be smaller than `image_size` (`Augment.check_image_size`)."""
     image = tf.image.resize(image, (image_size, image_size), method="bicubic", antialias=True)
     if padding:
         image = tf.pad(image, [[padding, padding], [padding, padding], [0, 0]], mode="REFLECT")
@@ -294,8 +332,128 @@ def _batch_augmenter(augment, num_classes):
     return apply
 
 
+class Unreadable:
+    """The images a training pipeline skipped because they cannot be read or decoded.
+
+    `report` is called from the pipeline (through `tf.py_function`, in the rare batches that
+    lost an image only) with the split indices of the lost images: each is named once per run
+    in a `warning:` line on stderr and counted towards the epoch until `end_epoch`. Reports
+    come as the pipeline meets the images, which may be a few batches ahead of the step being
+    trained.
+    """
+
+    def __init__(self, split_data):
+        self.split_data = split_data
+        self.named = set()  # every image reported in this run
+        self._epoch = set()
+        self._unnamed = 0  # lost in runs longer than the window of names
+
+    def report(self, gaps, rings):
+        for name in _lost_names(self.split_data, gaps.numpy(), rings.numpy(), self):
+            if name not in self.named:
+                print(f"warning: skipped {name}: not a readable image (the "
+                      f"{self.split_data.split} split goes on without it)", file=sys.stderr,
+                      flush=True)
+            self.named.add(name)
+            self._epoch.add(name)
+        return True
+
+    def end_epoch(self):
+        """How many images the epoch skipped; starts the next epoch's count."""
+        count = len(self._epoch) + self._unnamed
+        self._epoch, self._unnamed = set(), 0
+        return count
+
+
+def _lost_names(split_data, gaps, rings, unreadable=None):
+    """Names of the images lost before each batch element with a gap (numpy arrays)."""
+    window = rings.shape[1]
+    names = []
+    for gap, ring in zip(gaps.tolist(), rings):
+        if gap > 0:
+            named = ring[window - 1 - min(gap, window - 1):window - 1]
+            names += [split_data.name(int(index)) for index in named]
+            if unreadable is not None:
+                unreadable._unnamed += gap - len(named)
+    return names
+
+
+def decode_batches(split_data, records, preprocess, batch_size, drop_remainder=False,
+                   unreadable=None):
+    """Batches of (`preprocess(uint8 RGB image)`, label) over the `records` of `split_data`
+    whose image reads and decodes.
+
+    TensorFlow cannot catch a failed decode inside the graph, and the op error it raises names
+    no file. So the records are numbered as they enter (a scan per chunk of records gives each
+    its sequence number and the split indices of the UNREADABLE_WINDOW records up to it),
+    failures are dropped (`ignore_errors`), and a scan per batch finds the numbers missing
+    between consecutive images, which the indices they carry name. Each image is decoded once,
+    in one parallel map as before; the bookkeeping costs two small scans per chunk and per
+    batch, not per image. With `unreadable` (training) lost images are reported to it and
+    skipped (a failure after the last readable image goes unreported: nothing follows it);
+    without, the first is an error naming it, found at the end too by a sentinel record: an
+    evaluation and its per-image results must cover the whole split.
+    """
+    window = UNREADABLE_WINDOW
+    strict = unreadable is None
+    if strict:
+        records = records.concatenate(tf.data.Dataset.from_tensors(
+            (tf.constant(""), tf.constant(-1, tf.int32), tf.constant(-1, tf.int32))))
+
+    def number(state, chunk):
+        seq0, ring = state
+        sources, labels, indices = chunk
+        count = tf.shape(indices, out_type=tf.int64)[0]
+        history = tf.concat([ring, indices], 0)  # the previous chunk's last `window`, then these
+        rows = tf.range(tf.size(indices))[:, None] + tf.range(1, window + 1)[None, :]
+        numbered = (sources, labels, seq0 + tf.range(count), tf.gather(history, rows))
+        return (seq0 + count, history[-window:]), numbered
+
+    def load(source, label, seq, ring):
+        image = tf.cond(label < 0, lambda: tf.zeros([1, 1, 3], tf.uint8),  # the sentinel
+                        lambda: tf.io.decode_image(split_data.read(source), channels=3,
+                                                   expand_animations=False))
+        return preprocess(image), label, seq, ring
+
+    def lost(gaps, rings):
+        if not strict:
+            return tf.py_function(unreadable.report, [gaps, rings], tf.bool)
+        first = tf.argmax(tf.cast(gaps > 0, tf.int32))
+        gap = gaps[first]
+        name = tf.py_function(lambda g, r: _lost_names(split_data, g.numpy(), r.numpy())[0],
+                              [gaps[first:first + 1], rings[first:first + 1]], tf.string)
+        more = tf.where(gap > 1, tf.strings.join(
+            [" (one of ", tf.strings.as_string(gap), " unreadable images in a row)"]), "")
+        message = tf.strings.join([
+            GRAPH_ERROR_START, name, more, f" in the {split_data.split} split cannot be read "
+            "as an image; remove or replace it: an evaluation covers every image of its split",
+            GRAPH_ERROR_END])
+        with tf.control_dependencies([tf.debugging.Assert(False, [message])]):
+            return tf.constant(False)
+
+    def check(last, batch):
+        images, labels, seqs, rings = batch
+        gaps = seqs - tf.concat([[last], seqs[:-1]], 0) - 1
+        reported = tf.cond(tf.reduce_any(gaps > 0), lambda: lost(gaps, rings),
+                           lambda: tf.constant(True))
+        with tf.control_dependencies([reported]):
+            images, labels = tf.identity(images), tf.identity(labels)
+        if strict:
+            keep = labels >= 0
+            images, labels = tf.boolean_mask(images, keep), tf.boolean_mask(labels, keep)
+        return seqs[-1], (images, labels)
+
+    ds = records.batch(256).scan((tf.constant(0, tf.int64), tf.fill([window], -1)), number)
+    ds = ds.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors().batch(batch_size, drop_remainder=drop_remainder,
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.scan(tf.constant(-1, tf.int64), check)
+    return ds.filter(lambda images, labels: tf.size(labels) > 0) if strict else ds
+
+
 def to_dataset(split_data, *, preprocessor, batch_size, training, shuffle_seed=0,
-               drop_remainder=None, augment=None, skip_batches=0, subset_seed=None):
+               drop_remainder=None, augment=None, skip_batches=0, subset_seed=None,
+               unreadable=None, passes=1):
     """Batches of (float32 NHWC model inputs, labels): images `preprocessor` normalises.
 
     Training shuffles with `shuffle_seed` (reshuffled each epoch, reproducibly; None for an
@@ -305,17 +463,25 @@ def to_dataset(split_data, *, preprocessor, batch_size, training, shuffle_seed=0
     under MixUp/CutMix, labels are soft (B, classes) targets instead of int32 ids.
     `skip_batches` resumes inside an epoch: the records are skipped before decoding, so
     resuming costs no image work. `subset_seed` shuffles evaluation once, reproducibly, so that
-    its first N examples are a fair sample (files are ordered by class).
+    its first N examples are a fair sample (files are ordered by class). Training skips images
+    that cannot be read or decoded and reports them to `unreadable` (default: a fresh
+    `Unreadable`); evaluation stops at the first with an error naming it (`decode_batches`).
+    `passes` > 1 makes a training stream run on over that many shuffled passes of the split:
+    the caller takes an epoch's batches from it, so that skipped images cannot leave the epoch
+    short.
     """
     if drop_remainder is None:
         drop_remainder = training
     image_size = preprocessor.image_size
     augment = augment if training else None
+    if augment is not None:
+        augment.check_image_size(image_size)
+    if training and unreadable is None:
+        unreadable = Unreadable(split_data)
 
-    def preprocess(encoded, label):
-        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    def preprocess(image):
         if augment is None:
-            return preprocessor.crop(image), label
+            return preprocessor.crop(image)
         image = tf.cast(image, tf.float32)
         if augment.crop == "pad":
             image = pad_and_crop(image, image_size, augment.crop_padding)
@@ -323,16 +489,16 @@ def to_dataset(split_data, *, preprocessor, batch_size, training, shuffle_seed=0
             image = random_resized_crop(image, image_size, augment.min_crop_scale)
         if augment.flip:
             image = tf.image.random_flip_left_right(image)
-        return image, label
+        return image
 
     if training:
-        ds = split_data.records(shuffle=True, seed=shuffle_seed)
+        ds = split_data.records(shuffle=True, seed=shuffle_seed).repeat(passes)
     else:
         ds = split_data.records(shuffle=subset_seed is not None, seed=subset_seed, reshuffle=False)
     if skip_batches:
         ds = ds.skip(skip_batches * batch_size)
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = decode_batches(split_data, ds, preprocess, batch_size, drop_remainder,
+                        unreadable if training else None)
     if augment is not None:
         ds = ds.map(_batch_augmenter(augment, len(split_data.class_names)),
                     num_parallel_calls=tf.data.AUTOTUNE)
@@ -367,10 +533,12 @@ def resize_center_crop(image, image_size, crop_ratio=DEFAULT_CROP_RATIO):
     return tf.clip_by_value(image, 0.0, 255.0)  # bicubic overshoots at edges
 
 
-def eval_pixels(encoded, image_size, crop_ratio=DEFAULT_CROP_RATIO):
-    """An encoded JPEG/PNG as uint8 (image_size, image_size, 3) RGB with the evaluation
-    geometry, rounded to bytes as a camera app would feed them."""
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+def eval_pixels(image, image_size, crop_ratio=DEFAULT_CROP_RATIO):
+    """An encoded JPEG/PNG (or a decoded uint8 image) as uint8 (image_size, image_size, 3) RGB
+    with the evaluation geometry, rounded to bytes as a camera app would feed them."""
+    image = tf.convert_to_tensor(image)
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
     return tf.cast(tf.round(resize_center_crop(image, image_size, crop_ratio)), tf.uint8)
 
 
@@ -379,13 +547,13 @@ def load_pixels(source, split, count, preprocessor, seed=0):
 
     A seeded shuffle of the whole split, since sources list images class by class. Images are
     `preprocessor.pixels`: the evaluation crop rounded to bytes, as a camera app feeds them.
+    An image that cannot be read or decoded is an error naming it.
     """
     data = load_split(source, split)
     if count < 1:
         raise SpvitError(f"need at least one {split} example, got {count}")
-    ds = data.records(shuffle=True, seed=seed).take(count)
-    ds = ds.map(lambda encoded, label: (preprocessor.pixels(encoded), label))
-    ds = ds.batch(256)
+    ds = decode_batches(data, data.records(shuffle=True, seed=seed).take(count),
+                        preprocessor.pixels, 256)
     images, labels = zip(*ds.as_numpy_iterator())
     return np.concatenate(images), np.concatenate(labels), tuple(data.class_names)
 
@@ -475,9 +643,10 @@ def _load_archive(path, split, where):
         blobs = {key: tar.extractfile(index[key]).read() for _, key in wanted}
     files_by_class = {}
     for key in sorted(blobs):
-        files_by_class.setdefault(key[1], []).append(blobs[key])
-    class_names, encoded, labels = _flatten(files_by_class)
-    return SplitData(split, class_names, labels, encoded=encoded)
+        files_by_class.setdefault(key[1], []).append((f"{path}:{index[key].name}", blobs[key]))
+    class_names, files, labels = _flatten(files_by_class)
+    names, encoded = (list(column) for column in zip(*files))
+    return SplitData(split, class_names, labels, encoded=encoded, names=names)
 
 
 def _load_tfds(source, split):
@@ -487,8 +656,7 @@ def _load_tfds(source, split):
     try:
         builder = tfds.builder(source.location, data_dir=source.tfds_data_dir)
     except ValueError as error:  # DatasetNotFoundError subclasses it; its message lists all
-        first_line = str(error).splitlines()[0]
-        raise SpvitError(f"{source.spec}: {first_line} (see tfds.list_builders())") from None
+        raise SpvitError(f"{source.spec}: {first_line(error)} (see tfds.list_builders())") from None
     if not builder.is_prepared():
         manual_dir = _tfds_manual_dir(builder, source)
         builder.download_and_prepare(

@@ -1,5 +1,6 @@
 """User-facing errors and the CLI wrapper that turns them into one line and a non-zero exit."""
 
+import codecs
 import contextlib
 import errno
 import os
@@ -8,6 +9,34 @@ import sys
 
 class SpvitError(Exception):
     """A problem with the user's input: the message says what is wrong and how to fix it."""
+
+
+# A user error met inside a TensorFlow graph (a tf.data pipeline meeting an unreadable image)
+# can only surface as an op error wrapped in TensorFlow's context; the graph puts its one line
+# between these marks (`tf.debugging.Assert` data) and `run_cli` prints that line alone.
+GRAPH_ERROR_START, GRAPH_ERROR_END = "<spvit_tf error>", "</spvit_tf error>"
+
+
+def first_line(error, limit=200):
+    """The first non-blank line of an exception's message, whitespace collapsed and cut at
+    `limit` characters, or its type name when it has none: the part of a library's error
+    (TensorFlow's carry op context on later lines) that fits into one `error:` line."""
+    text = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
+    lines = [line for line in str(text).splitlines() if line.strip()]
+    return " ".join(lines[0].split())[:limit] if lines else type(error).__name__
+
+
+def _graph_error_line(error):
+    """The `error:` line an op error carries between the GRAPH_ERROR marks, or None."""
+    text = str(error)
+    start = text.find(GRAPH_ERROR_START)
+    end = text.find(GRAPH_ERROR_END, start)
+    if start < 0 or end < 0:
+        return None
+    line = text[start + len(GRAPH_ERROR_START):end]
+    # TensorFlow prints string tensors with C escapes (a non-ASCII path as \xc3\xa9).
+    line = codecs.escape_decode(line.encode("utf-8"))[0].decode("utf-8", "replace")
+    return "error: " + " ".join(line.split())
 
 
 # File-system errors a CLI meets where it reads or writes, not in its own code: what to do.
@@ -37,7 +66,8 @@ def _os_error_line(error):
 
 
 def run_cli(main):
-    """Wraps an absl `main` so that `SpvitError` prints one line and exits with status 2.
+    """Wraps an absl `main` so that `SpvitError` prints one line and exits with status 2, as
+    does an op error carrying a user error from a graph (`GRAPH_ERROR_START`).
 
     As a safety net for a location the CLI's own checks did not catch (a disk that fills
     up, permissions changed mid-run), an OSError of `_OS_FIXES` is one line naming the path
@@ -55,6 +85,12 @@ def run_cli(main):
                 raise
             print(line, file=sys.stderr)
             sys.exit(1)
+        except Exception as error:
+            line = _graph_error_line(error)
+            if line is None:
+                raise
+            print(line, file=sys.stderr)
+            sys.exit(2)
 
     return wrapped
 

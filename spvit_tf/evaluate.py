@@ -140,6 +140,10 @@ def main(argv):
         raise SpvitError(f"unexpected arguments {argv[1:]}; options are passed as --flag=value")
     if not flags.FLAGS.workdir:
         raise SpvitError("--workdir is required: the --workdir of a python -m spvit_tf.train run")
+    if flags.FLAGS.output:  # before the model and the data load
+        from spvit_tf.workdir import check_output_file
+
+        check_output_file(flags.FLAGS.output, "--output")
     result = evaluate_workdir(flags.FLAGS.workdir, flags.FLAGS.data, flags.FLAGS.eval_examples,
                               pruning_mode=flags.FLAGS.pruning_mode,
                               rankings=flags.FLAGS.rankings)

@@ -32,7 +32,7 @@ import operator
 
 from absl import app, flags
 
-from spvit_tf.errors import SpvitError, run_cli, stderr_silenced
+from spvit_tf.errors import SpvitError, parse_flags, run_cli, stderr_silenced
 from spvit_tf.geometry import TokenSchedule, schedule_from_config
 from spvit_tf.pruning.config import pruning_from_flags
 from spvit_tf.pruning.methods import method_names
@@ -334,4 +334,4 @@ def _define_flags():
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(run_cli(main))
+    app.run(run_cli(main), flags_parser=parse_flags)

@@ -130,6 +130,9 @@ def validate_latency_table(table, source="latency table"):
     return table
 
 
+REMEASURE = "measure the table again with python -m spvit_tf.latency_table"
+
+
 def load_latency_table(path, model=None):
     """Reads and validates a latency table JSON; with `model`, also checks it was measured
     for that registered name. Every problem is one `SpvitError` line.
@@ -150,14 +153,20 @@ def load_latency_table(path, model=None):
             f"latency table {path} not found; measure one with python -m spvit_tf.latency_table"
         ) from None
     except (OSError, UnicodeDecodeError) as error:
-        raise SpvitError(f"cannot read latency table {path}: {error}") from None
+        raise SpvitError(f"cannot read latency table {path}: {error}; {REMEASURE}") from None
     try:
         table = json.loads(text)
     except json.JSONDecodeError as error:
         raise SpvitError(
-            f"latency table {path} is not valid JSON (line {error.lineno}: {error.msg})"
+            f"latency table {path} is not valid JSON (line {error.lineno}: {error.msg}): it is "
+            f"truncated or damaged; {REMEASURE}"
         ) from None
-    validate_latency_table(table, f"latency table {path}")
+    try:
+        validate_latency_table(table, f"latency table {path}")
+    except SpvitError as error:  # a damaged or hand-edited file: say how to get a good one
+        if "spvit_tf.latency_table" in str(error):
+            raise
+        raise SpvitError(f"{error}; {REMEASURE}") from None
     table.setdefault("tflite_format", "fp32")
     if model is not None and table["model"] != model:
         raise SpvitError(

@@ -112,12 +112,12 @@ class Preprocessor:
 
         return resize_center_crop(image, self.image_size, self.crop_ratio)
 
-    def pixels(self, encoded):
-        """An encoded JPEG/PNG as the uint8 (image_size, image_size, 3) RGB an app feeds: the
-        evaluation crop rounded to bytes (TensorFlow)."""
+    def pixels(self, image):
+        """An encoded JPEG/PNG (or a decoded uint8 (H, W, 3) image) as the uint8 (image_size,
+        image_size, 3) RGB an app feeds: the evaluation crop rounded to bytes (TensorFlow)."""
         from spvit_tf.data import eval_pixels
 
-        return eval_pixels(encoded, self.image_size, self.crop_ratio)
+        return eval_pixels(image, self.image_size, self.crop_ratio)
 
     def describe(self):
         """The geometry in words, for model cards."""

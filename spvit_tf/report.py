@@ -13,16 +13,15 @@ Nothing is measured here: a missing log is a clear error or an empty cell, never
 
 import dataclasses
 import io
-import json
 import os
 import pathlib
 
 from absl import app, flags
 
-from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.errors import SpvitError, first_line, parse_flags, run_cli
 from spvit_tf.stats import decode_correct, paired_bootstrap, seed_summary
 from spvit_tf.pruning.methods import get_method, method_names
-from spvit_tf.workdir import atomic_write, read_run
+from spvit_tf.workdir import atomic_write, check_output_dir, check_output_file, read_json, read_run
 
 BEGIN, END = "<!-- results:start -->", "<!-- results:end -->"
 # The dense teacher first, then the pruning methods in registry order, named and drawn as
@@ -52,7 +51,10 @@ class RunResult:
 
 def _flag_values(flagfile):
     """{name: value} of a run's flags.txt (`--name=value` lines)."""
-    lines = pathlib.Path(flagfile).read_text().splitlines()
+    if not pathlib.Path(flagfile).is_file():
+        raise SpvitError(f"{flagfile} not found: the report reads each run's budget and seed "
+                         "there; restore it or rerun the training")
+    lines = pathlib.Path(flagfile).read_text(errors="replace").splitlines()
     return dict(line[2:].split("=", 1) for line in lines if line.startswith("--") and "=" in line)
 
 
@@ -65,18 +67,25 @@ def read_runs(results_dir):
             continue
         if not eval_file.is_file():
             raise SpvitError(f"{workdir} has not finished (no final/eval.json); finish or remove it")
-        run, result = read_run(str(workdir)), json.loads(eval_file.read_text())
+        fix = "restore it or rerun the training"
+        run, result = read_run(str(workdir)), read_json(eval_file, fix)
         run_flags = _flag_values(workdir / "flags.txt")
-        budget, seed = run_flags.get("budget_gflops"), int(run_flags.get("seed", 0))
-        runs.append(RunResult(
-            name=workdir.name, method=run["mode"],
-            budget_gflops=float(budget) if budget else None,
-            gflops=result["gflops"], top1=result["eval_top1"], examples=result["eval_examples"],
-            keep_ratios=tuple(result.get("keep_ratios", ())), seed=seed,
-            correct=(decode_correct(result["top1_correct"], result["eval_examples"])
-                     if "top1_correct" in result else None),
-            eval_order=result.get("eval_order"),
-        ))
+        try:
+            budget, seed = run_flags.get("budget_gflops"), int(run_flags.get("seed", 0))
+            runs.append(RunResult(
+                name=workdir.name, method=run["mode"],
+                budget_gflops=float(budget) if budget else None,
+                gflops=result["gflops"], top1=result["eval_top1"],
+                examples=result["eval_examples"],
+                keep_ratios=tuple(result.get("keep_ratios", ())), seed=seed,
+                correct=(decode_correct(result["top1_correct"], result["eval_examples"])
+                         if "top1_correct" in result else None),
+                eval_order=result.get("eval_order"),
+            ))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise SpvitError(f"{workdir} holds a damaged run record ({type(error).__name__}: "
+                             f"{first_line(error)} in run.json, flags.txt or final/eval.json); "
+                             f"{fix}") from None
     if not runs:
         raise SpvitError(f"no training workdirs in {results_dir}; run results/<dataset>/run.sh")
     teachers = [r for r in runs if r.method == "dense"]
@@ -91,8 +100,9 @@ def attach_exports(runs, tflite_dirs, bench_json=None):
     by_workdir = {r.name: r for r in runs}
     for folder in tflite_dirs:
         for card_file in sorted(pathlib.Path(folder).glob("*.json")):
-            card = json.loads(card_file.read_text())
-            if card.get("format") != "spvit_tf.model_card.v1" or not card.get("weights"):
+            card = read_json(card_file, "export the model again or remove the file")
+            if not isinstance(card, dict) or card.get("format") != "spvit_tf.model_card.v1" \
+                    or not card.get("weights"):
                 continue
             workdir = pathlib.Path(card["weights"]).parent.parent.name
             variant = card["export_format"] + ("_gpu" if card["graph"] != "as trained" else "")
@@ -295,13 +305,21 @@ def main(argv):
         raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
     results = FLAGS.results
     if not results or not os.path.isdir(results):
-        raise SpvitError(f"--results={results!r} is not a folder of training workdirs")
+        what = "does not exist" if results and not os.path.exists(results) else "is not a folder"
+        raise SpvitError(f"--results={results} {what}: pass the folder of training workdirs, "
+                         "e.g. --results=results/cifar10")
     name = pathlib.Path(results).name
     shipped = os.path.join("tflite_models", name)
     tflite_dirs = FLAGS.tflite_dirs or [os.path.join(results, "tflite"), shipped]
     bench = FLAGS.bench or os.path.join(results, "bench", "results.json")
     if FLAGS.bench and not os.path.isfile(bench):
         raise SpvitError(f"--bench={bench} not found; run python -m spvit_tf.benchmark first")
+    # Written into: the table and plots go to --results, README.md to the shipped folder.
+    check_output_dir(results, "--results")
+    if os.path.isdir(shipped) and shipped in tflite_dirs:
+        check_output_dir(shipped, "--tflite_dirs")
+    if FLAGS.readme:
+        check_output_file(FLAGS.readme, "--readme")
     print(report(results, tflite_dirs, bench if os.path.isfile(bench) else None, FLAGS.readme,
                  shipped if os.path.isdir(shipped) and shipped in tflite_dirs else None))
 

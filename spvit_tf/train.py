@@ -26,7 +26,7 @@ import time
 
 from absl import app, flags, logging
 
-from spvit_tf.errors import SpvitError, parse_flags, run_cli
+from spvit_tf.errors import SpvitError, first_line, parse_flags, run_cli
 from spvit_tf.preprocessing import Preprocessor
 from spvit_tf.pruning.methods import get_method, method_names
 
@@ -487,10 +487,9 @@ class Trainer:
         try:
             self.manager.save(checkpoint_number=step)
         except (tf.errors.OpError, OSError) as error:
-            text = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
-            first = " ".join(str(text).split())[:200]
             raise SpvitError(
-                f"cannot write checkpoint {step} into {self.manager.directory}: {first}; free "
+                f"cannot write checkpoint {step} into {self.manager.directory}: "
+                f"{first_line(error)}; free "
                 f"space or fix the folder and rerun the same command: the last checkpoint "
                 f"({self.latest_checkpoint()}) is intact") from None
         if not self.is_chief:
@@ -564,8 +563,15 @@ def train(strategy, run, train_split, eval_split):
     import tensorflow as tf
 
     from spvit_tf import data
+    from spvit_tf.workdir import atomic_write, ensure_output_dir, write_run
 
     trainer = Trainer(strategy, run, len(train_split))
+    # Only now that the weights and the teacher loaded is the workdir created: a bad
+    # --checkpoint leaves nothing behind. The chief writes the run's files; workers share them.
+    ensure_output_dir(FLAGS.workdir, "--workdir")
+    if trainer.is_chief:
+        write_run(FLAGS.workdir, run)
+        atomic_write(os.path.join(FLAGS.workdir, "flags.txt"), own_flags())
     trainer.checkpoint.restore(trainer.latest_checkpoint()).expect_partial()
     step = int(trainer.step.numpy())  # a MirroredVariable has no __int__
     metrics_path = os.path.join(FLAGS.workdir, "metrics.jsonl")
@@ -574,6 +580,7 @@ def train(strategy, run, train_split, eval_split):
     if trainer.is_chief:
         trim_log(metrics_path, step)
     augment = augment_from_flags()
+    unreadable = data.Unreadable(train_split)
     preprocessor = Preprocessor.from_run(run)
     eval_data = data.to_dataset(eval_split, preprocessor=preprocessor, batch_size=FLAGS.batch_size,
                                 training=False, subset_seed=0 if FLAGS.eval_examples else None)
@@ -591,17 +598,17 @@ def train(strategy, run, train_split, eval_split):
 
         try:
             step = _loop(trainer, strategy, train_split, eval_data, augment, preprocessor, step,
-                         log)
+                         log, unreadable)
         except _peer_errors() as error:
             if FLAGS.strategy != "multi_worker":
                 raise
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise SpvitError(
-                f"a peer worker stopped or cannot be reached ({type(error).__name__}: {first[:160]}); "
+                f"a peer worker stopped or cannot be reached ({type(error).__name__}: "
+                f"{first_line(error, 160)}); "
                 f"the last checkpoint ({trainer.latest_checkpoint()}) is intact: restart every "
                 "worker with the same command to resume"
             ) from None
-    return _finish(trainer, run, eval_data, step, metrics_path)
+    return _finish(trainer, run, eval_data, step, metrics_path, len(unreadable.named))
 
 
 def trim_log(path, step):
@@ -618,8 +625,13 @@ def trim_log(path, step):
         atomic_write(path, "".join(kept))
 
 
-def _loop(trainer, strategy, train_split, eval_data, augment, preprocessor, step, log):
-    """Trains from `step` to the end of the run (or a SIGTERM); returns the last step."""
+def _loop(trainer, strategy, train_split, eval_data, augment, preprocessor, step, log,
+          unreadable):
+    """Trains from `step` to the end of the run (or a SIGTERM); returns the last step.
+
+    Unreadable training images are skipped (named as met, counted at each epoch's end); a
+    second pass over the split fills an epoch they left short of its batches, so the step
+    count, and with it the schedule and resuming, stays that of the readable split."""
     import keras
 
     from spvit_tf import data
@@ -632,6 +644,7 @@ def _loop(trainer, strategy, train_split, eval_data, augment, preprocessor, step
             train_split, batch_size=FLAGS.batch_size, training=True,
             shuffle_seed=FLAGS.seed + epoch, skip_batches=offset, preprocessor=preprocessor,
             augment=dataclasses.replace(augment, seed=FLAGS.seed + epoch),  # fresh draws
+            unreadable=unreadable, passes=2,
         )
         bar = keras.utils.Progbar(min(spe, total - epoch * spe), stateful_metrics=["img/s"])
         bar.update(offset)
@@ -664,7 +677,16 @@ def _loop(trainer, strategy, train_split, eval_data, augment, preprocessor, step
                 trainer.save(step)
             if step % spe == 0 or step == total:
                 break
+        else:  # two passes over the split did not fill the epoch
+            raise SpvitError(
+                f"{FLAGS.data}: the training split has too few readable images for an epoch of "
+                f"{spe} batches of {FLAGS.batch_size} ({unreadable.end_epoch()} of its "
+                f"{len(train_split)} unreadable, named above); remove or replace them")
         done_epoch = math.ceil(step / spe)
+        skipped = unreadable.end_epoch()
+        if skipped:
+            print(f"epoch {done_epoch}: skipped {skipped} unreadable training image(s), named "
+                  "above", file=sys.stderr)
         if FLAGS.eval_every and done_epoch % FLAGS.eval_every == 0 and step < total:
             top1, top5, _ = accuracy(trainer.student, eval_data, FLAGS.eval_examples)
             print(f"epoch {done_epoch}: top-1 {top1:.4f} top-5 {top5:.4f}")
@@ -672,8 +694,9 @@ def _loop(trainer, strategy, train_split, eval_data, augment, preprocessor, step
     return step
 
 
-def _finish(trainer, run, eval_data, step, metrics_path):
-    """The final evaluation; the chief also writes the final model, eval.json and log line."""
+def _finish(trainer, run, eval_data, step, metrics_path, unreadable=0):
+    """The final evaluation; the chief also writes the final model, eval.json and log line.
+    `unreadable`: how many training images the run skipped (recorded when any were)."""
     from spvit_tf.evaluate import accuracy
     from spvit_tf.flops import model_cost
     from spvit_tf.stats import encode_correct, eval_order
@@ -692,6 +715,8 @@ def _finish(trainer, run, eval_data, step, metrics_path):
         "gflops": cost.gflops,
         "dense_gflops": model_cost(run["model"], **dense_options(run["model_config"])).gflops,
     }
+    if unreadable:
+        result["unreadable_train_images"] = unreadable
     pruner = trainer.student.pruner
     if pruner is not None:
         result["keep_ratios"] = list(pruner.config.keep_ratios)
@@ -732,6 +757,9 @@ def print_summary(run, result):
     if "keep_ratios" in result:
         rows.append(("keep ratios (inference)", ", ".join(f"{r:g}" for r in result["keep_ratios"])))
         rows.append(("kept tokens", ", ".join(map(str, result["kept_tokens"]))))
+    if "unreadable_train_images" in result:
+        rows.append(("unreadable training images", f"{result['unreadable_train_images']} "
+                                                   "skipped (named on stderr)"))
     if "train_keep_ratios" in result:
         rows.append(("keep ratios (last training step)",
                      ", ".join(f"{r:.3f}" for r in result["train_keep_ratios"])))
@@ -750,7 +778,7 @@ def own_flags():
 def main(argv):
     if len(argv) > 1:
         raise SpvitError(f"unexpected arguments {argv[1:]}; options are passed as --flag=value")
-    from spvit_tf.workdir import check_output_dir, ensure_output_dir
+    from spvit_tf.workdir import check_output_dir
 
     if FLAGS.workdir:  # first: TensorFlow's start-up lines on stderr would bury this one
         check_output_dir(FLAGS.workdir, "--workdir")
@@ -762,7 +790,7 @@ def main(argv):
     from spvit_tf import data
     from spvit_tf.geometry import schedule_from_config
     from spvit_tf.models import model_config
-    from spvit_tf.workdir import atomic_write, read_run, write_run
+    from spvit_tf.workdir import read_run
 
     if FLAGS.precision != "float32":
         keras.mixed_precision.set_global_policy(FLAGS.precision)
@@ -772,6 +800,9 @@ def main(argv):
     )
     train_split = data.load_split(source, data.TRAIN)
     eval_split = data.load_split(source, data.EVAL)
+    if len(train_split) < FLAGS.batch_size:
+        raise SpvitError(f"--batch_size={FLAGS.batch_size} is larger than the training split of "
+                         f"{FLAGS.data} ({len(train_split)} images); pass a smaller batch")
     overrides = parse_model_options(FLAGS.model_options)
     overrides.update(num_classes=len(train_split.class_names), drop_path_rate=FLAGS.drop_path)
     if FLAGS.image_size:
@@ -782,11 +813,12 @@ def main(argv):
     if pruning is not None:
         overrides["pruning"] = pruning
     size = config["image_size"]
+    size = size if isinstance(size, int) else int(size[0])
+    augment_from_flags().check_image_size(size)  # before the workdir is created
     run = json.loads(json.dumps({  # as run.json holds it (lists, not tuples), to compare
         "model": FLAGS.model, "model_config": overrides, "mode": FLAGS.mode, "data": FLAGS.data,
         "class_names": list(train_split.class_names),
-        "preprocessing": Preprocessor(size if isinstance(size, int) else int(size[0]),
-                                      FLAGS.crop_ratio).to_json(),
+        "preprocessing": Preprocessor(size, FLAGS.crop_ratio).to_json(),
     }))
     if FLAGS.mode == "search":
         if FLAGS.budget_gflops is None:
@@ -795,7 +827,6 @@ def main(argv):
 
         dense = model_cost(FLAGS.model, **dense_options(overrides))
         run["search_target_fraction"] = FLAGS.budget_gflops / dense.gflops
-    ensure_output_dir(FLAGS.workdir, "--workdir")
     if os.path.isdir(os.path.join(FLAGS.workdir, "checkpoints")):
         previous = read_run(FLAGS.workdir)
         changed = [k for k in ("model", "model_config", "mode", "data") if previous.get(k) != run.get(k)]
@@ -805,9 +836,6 @@ def main(argv):
                 "it with its own flags (flags.txt) or pass a new --workdir"
             )
     strategy = make_strategy()
-    if worker_role(strategy)[0]:  # the chief's files; workers share the workdir
-        write_run(FLAGS.workdir, run)
-        atomic_write(os.path.join(FLAGS.workdir, "flags.txt"), own_flags())
     result = train(strategy, run, train_split, eval_split)
     print_summary(run, result)
 

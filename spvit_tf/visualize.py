@@ -44,7 +44,8 @@ def read_images(paths, preprocessor):
         try:
             images.append(preprocessor.pixels(file.read_bytes()).numpy())
         except tf.errors.InvalidArgumentError:
-            raise SpvitError(f"{file} is not a readable JPEG/PNG image") from None
+            raise SpvitError(f"{file} is not a readable JPEG/PNG image; remove it or pass "
+                             "other --images") from None
     return np.stack(images), [f.name for f in files]
 
 

@@ -111,19 +111,34 @@ def write_run(workdir, run):
     atomic_write(os.path.join(workdir, RUN_FILE), json.dumps(run, indent=2, sort_keys=True))
 
 
+def read_json(path, fix):
+    """The JSON document at `path`; a file that cannot be read or parsed (empty, truncated,
+    damaged) is one `SpvitError` naming it, ending in `fix` (what the user can do)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise SpvitError(f"{path} is corrupt (not valid JSON: {error.msg} at line "
+                         f"{error.lineno}); {fix}") from None
+    except UnicodeDecodeError:
+        raise SpvitError(f"{path} is corrupt (not UTF-8 text); {fix}") from None
+    except OSError as error:
+        raise SpvitError(f"{path} cannot be read ({error.strerror}); {fix}") from None
+
+
 def read_run(workdir):
     """`run.json` of `workdir`, or a clear error when it is not a training workdir."""
     path = os.path.join(workdir, RUN_FILE)
     if not os.path.isfile(path):
+        what = "does not exist" if not os.path.exists(workdir) else f"has no {RUN_FILE}"
         raise SpvitError(
-            f"{workdir} is not a training workdir (no {RUN_FILE}); pass the --workdir of a "
+            f"{workdir} is not a training workdir (it {what}); pass the --workdir of a "
             "python -m spvit_tf.train run"
         )
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except json.JSONDecodeError as error:
-        raise SpvitError(f"{path} is corrupt ({error}); rerun training or restore it") from None
+    run = read_json(path, "rerun training or restore it")
+    if not isinstance(run, dict):
+        raise SpvitError(f"{path} is corrupt (not a JSON object); rerun training or restore it")
+    return run
 
 
 def load_model(workdir, weights=None):
@@ -137,5 +152,12 @@ def load_model(workdir, weights=None):
             f"{weights} not found: the run in {workdir} has not finished; resume it with "
             f"python -m spvit_tf.train --flagfile={os.path.join(workdir, 'flags.txt')}"
         )
-    model = create_model(run["model"], checkpoint=weights, **run["model_config"])
+    from spvit_tf.checkpoint import WeightsMismatch
+
+    try:
+        model = create_model(run["model"], checkpoint=weights, **run["model_config"])
+    except WeightsMismatch as error:  # e.g. final weights copied in from another run
+        raise SpvitError(f"{weights} is not the model {os.path.join(workdir, RUN_FILE)} describes "
+                         f"({error.problem}): put that run's own weights back or pass the "
+                         "workdir they came from") from None
     return model, run
