@@ -26,6 +26,13 @@ def timm_input():
     return np.load(require_shared(TIMM / "input_2x3x224x224.npy")).transpose(0, 2, 3, 1)
 
 
+def checkpoint_step(workdir):
+    """The step of the checkpoint a training workdir's index names as its latest."""
+    with open(pathlib.Path(workdir) / "checkpoints" / "checkpoint") as index:
+        line = index.readline()  # model_checkpoint_path: "ckpt-12"
+    return int(line.rsplit("ckpt-", 1)[1].strip().strip('"'))
+
+
 def timm_fixture(name):
     """(checkpoint path, timm logits) for a fixture model."""
     path = require_shared(TIMM / f"{name}.safetensors")

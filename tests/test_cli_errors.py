@@ -2,66 +2,19 @@
 
 Every CLI that writes checks its output location (`spvit_tf.workdir.check_output_dir` /
 `check_output_file`) before it loads a model or data, so a path under a regular file or in a
-read-only folder is one `error:` line and a non-zero exit with nothing created; `run_cli`
-turns a file-system error that slips past (a full disk) into one line naming the path.
+read-only folder is one `error:` line and a non-zero exit with nothing created (each CLI's
+cases are in tests/test_bad_inputs.py); `run_cli` turns a file-system error that slips past
+(a full disk) into one line naming the path. Here: the checks and `run_cli` themselves.
 """
 
 import errno
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
 from spvit_tf import bench_results, workdir
-from spvit_tf.errors import SpvitError, run_cli
+from spvit_tf.errors import GRAPH_ERROR_END, GRAPH_ERROR_START, SpvitError, first_line, run_cli
 from spvit_tf.workdir import atomic_write, check_output_dir, check_output_file, ensure_output_dir
-
-MODEL = "deit_tiny_patch16_224"
-TINY = ["--model_options=patch_size=8,embed_dim=24,depth=3,num_heads=2", "--image_size=32"]
-# module, its flags with BLOCKED (a path under a regular file) and INPUTS (an existing folder),
-# and the option the error line must name.
-CLIS = {
-    "benchmark": ("spvit_tf.benchmark", ["--models=INPUTS/m.tflite", "--output_dir=BLOCKED"],
-                  "--output_dir"),
-    "export": ("spvit_tf.export", [f"--model={MODEL}", "--output_dir=BLOCKED"], "--output_dir"),
-    "visualize": ("spvit_tf.visualize", ["--workdir=INPUTS/run", "--output=BLOCKED/keep.png"],
-                  "--output"),
-    "train": ("spvit_tf.train", [f"--model={MODEL}", *TINY, "--mode=dense", "--steps=1",
-                                 "--workdir=BLOCKED"], "--workdir"),
-    "latency_table": ("spvit_tf.latency_table", [f"--model={MODEL}", "--output=BLOCKED/t.json"],
-                      "--output"),
-}
-
-
-def tree(folder):
-    return sorted((str(p.relative_to(folder)), p.is_file() and p.read_bytes())
-                  for p in folder.rglob("*"))
-
-
-@pytest.mark.parametrize("name", list(CLIS))
-def test_output_under_a_regular_file_is_one_line_and_creates_nothing(tmp_path, name):
-    module, flags, option = CLIS[name]
-    blocker = tmp_path / "results"
-    blocker.write_text("a file where a folder was meant to go\n")
-    inputs = tmp_path / "inputs"
-    inputs.mkdir()
-    (inputs / "m.tflite").write_bytes(b"")  # never opened: the output check comes first
-    flags = [f.replace("BLOCKED", str(blocker / "sub")).replace("INPUTS", str(inputs))
-             for f in flags]
-    before = tree(tmp_path)
-    result = subprocess.run(
-        [sys.executable, "-m", module, *flags], cwd=REPO, capture_output=True, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300,
-    )
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert f"{option}={blocker / 'sub'}" in lines[0]
-    assert f"{blocker} is a regular file" in lines[0]
-    assert tree(tmp_path) == before
 
 
 def test_output_checks_name_what_is_in_the_way_and_create_nothing(tmp_path):
@@ -137,3 +90,22 @@ def test_run_cli_names_the_path_of_a_permission_error_and_keeps_other_tracebacks
 
     with pytest.raises(FileNotFoundError):
         run_cli(missing)(["cli"])
+
+
+def test_an_op_error_carrying_a_user_error_is_that_line_alone(capsys):
+    """A tf.data pipeline can only raise an op error; the line it marks is all the user sees."""
+    def unreadable(argv):
+        raise RuntimeError(f"{{function_node x}} assertion failed: [{GRAPH_ERROR_START}/d/caf"
+                           f"\\xc3\\xa9.jpg cannot be read{GRAPH_ERROR_END}]\n\t [[{{node y}}]]")
+
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(unreadable)(["cli"])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err == "error: /d/caf\u00e9.jpg cannot be read\n"
+
+
+def test_first_line_of_an_error():
+    assert first_line(ValueError("\n  bad   value \n\t [[node]]")) == "bad value"
+    assert first_line(KeyError()) == "KeyError"
+    assert first_line(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
+    assert first_line(ValueError("x" * 500), 160) == "x" * 160

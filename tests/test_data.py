@@ -250,3 +250,82 @@ def test_eval_subset_is_a_fixed_fair_sample():
     first, again = (next(iter(subset))[1].numpy() for _ in range(2))
     assert len(set(first)) >= 8
     np.testing.assert_array_equal(first, again)  # the same sample on every pass
+
+
+def split_with_unreadable(bad, count=40):
+    """A split of `count` 4x4 PNGs whose value is their index, with the images at `bad`
+    replaced by bytes no decoder reads (an HTML page, a cut-off PNG, nothing)."""
+    encoded = [tf.io.encode_png(tf.fill([4, 4, 3], tf.constant(k, tf.uint8))).numpy()
+               for k in range(count)]
+    junk = [b"<html>404</html>", encoded[0][:30], b""]
+    for n, k in enumerate(bad):
+        encoded[k] = junk[n % len(junk)]
+    names = [f"img{k:02d}.png" for k in range(count)]
+    return data.SplitData("train", ("a",), np.zeros(count, np.int32), encoded=encoded, names=names)
+
+
+def pixels_of(split, unreadable=None, batch_size=5):
+    """The value of every image the pipeline yields, in order (batches of 5: runs of
+    unreadable images cross batch boundaries). Images are brought to one size, as every
+    pipeline's preprocessing does."""
+    ds = data.decode_batches(split, split.records(),
+                             lambda image: tf.image.resize(image, (4, 4), method="nearest"),
+                             batch_size, unreadable=unreadable)
+    return [int(v) for x, _ in ds for v in x.numpy()[:, 0, 0, 0]]
+
+
+# In the middle, at the start, a run longer than the window of names, and at the end.
+RUNS = {"middle": [7, 8, 21], "start": [0, 1], "long run": list(range(10, 30)), "end": [39]}
+
+
+@pytest.mark.parametrize("where", RUNS)
+def test_training_skips_unreadable_images_naming_and_counting_them(where, capfd):
+    bad = RUNS[where]
+    split = split_with_unreadable(bad)
+    unreadable = data.Unreadable(split)
+    assert pixels_of(split, unreadable) == [k for k in range(40) if k not in bad]  # in order
+    named = {f"img{k:02d}.png" for k in bad[-(data.UNREADABLE_WINDOW - 1):]}
+    if where == "end":  # no image follows to reveal it, and none is trained on after it
+        named = set()
+    assert unreadable.named == named
+    assert unreadable.end_epoch() == (0 if where == "end" else len(bad))
+    assert unreadable.end_epoch() == 0  # a new epoch starts at 0
+    warnings = [line for line in capfd.readouterr().err.splitlines() if "warning:" in line]
+    assert sorted(warnings) == sorted(f"warning: skipped {name}: not a readable image (the train "
+                                      "split goes on without it)" for name in named)
+
+
+@pytest.mark.parametrize("where", ["middle", "start", "end"])
+def test_evaluation_stops_at_an_unreadable_image_with_one_line_naming_it(where):
+    from spvit_tf.errors import _graph_error_line
+
+    bad = RUNS[where]
+    split = split_with_unreadable(bad)
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        pixels_of(split)
+    run = " (one of 2 unreadable images in a row)" if bad[1:2] == [bad[0] + 1] else ""
+    assert _graph_error_line(error.value) == (
+        f"error: img{bad[0]:02d}.png{run} in the train split cannot be read as an image; remove "
+        "or replace it: an evaluation covers every image of its split")
+
+
+def test_a_training_stream_over_two_passes_keeps_full_batches():
+    """As train's epochs use it: two shuffled passes, so skipped images leave no batch short;
+    each pass's lost images are followed by more of the stream, so both are named."""
+    split = split_with_unreadable([3, 4])
+    unreadable = data.Unreadable(split)
+    batches_ = list(data.to_dataset(split, preprocessor=Preprocessor(4, 1.0), batch_size=8,
+                                    training=True, unreadable=unreadable, passes=2))
+    assert [len(y) for _, y in batches_] == [8] * 9  # 2 x 38 readable: 9 full batches
+    assert unreadable.end_epoch() == 2 and unreadable.named == {"img03.png", "img04.png"}
+
+
+def test_reflect_padding_must_be_smaller_than_the_image(embedded):
+    train, _ = embedded
+    augment = data.Augment(crop="pad", crop_padding=32, randaugment_ops=0, mixup_alpha=0,
+                           cutmix_alpha=0)
+    with pytest.raises(SpvitError, match="crop_padding 32 must be smaller than the image size 32"):
+        data.to_dataset(train, preprocessor=Preprocessor(32), batch_size=8, training=True,
+                        augment=augment)
+    data.Augment(crop="resized", crop_padding=32).check_image_size(32)  # only the pad crop
+    augment.check_image_size(33)

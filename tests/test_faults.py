@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, checkpoint_step
 from test_export import make_workdir
 from test_train import ENV, NO_AUG, TINY, error_line, metrics, run
 
@@ -46,23 +46,18 @@ def fill(folder, leave=2048):
         f.write(b"\0" * max(free - leave, 0))
 
 
-def latest_step(workdir):
-    line = open(os.path.join(workdir, "checkpoints", "checkpoint")).readline()
-    return int(line.rsplit("ckpt-", 1)[1].strip().strip('"'))
-
-
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(tmp_path):
     with small_disk(tmp_path / "disk") as mounted:
         if not mounted:
             pytest.skip("cannot mount a tmpfs here")  # the ENOSPC injection test below covers it
         workdir = tmp_path / "disk" / "run"
         run([*RUN, "--steps=2", f"--workdir={workdir}"])
-        assert latest_step(workdir) == 2
+        assert checkpoint_step(workdir) == 2
         fill(tmp_path / "disk", leave=64 * 1024)  # room for run.json and logs, not a checkpoint
         result = run([*RUN, "--steps=6", f"--workdir={workdir}"], check=False)
         line = error_line(result)
         assert "cannot write checkpoint 3" in line and "ckpt-2" in line, line
-        assert latest_step(workdir) == 2  # the index still names the last complete checkpoint
+        assert checkpoint_step(workdir) == 2  # the index still names the last complete checkpoint
         os.unlink(tmp_path / "disk" / "filler")
         resumed = run([*RUN, "--steps=3", f"--workdir={workdir}"])
         assert f"resuming {workdir} from step 2" in resumed.stdout
@@ -88,7 +83,7 @@ def test_checkpoint_write_errors_are_one_line_naming_the_last_checkpoint(tmp_pat
                  check=False)
     line = error_line(result)
     assert "No space left on device" in line and "ckpt-2" in line
-    assert latest_step(workdir) == 2
+    assert checkpoint_step(workdir) == 2
 
 
 def test_a_full_disk_during_an_export_leaves_no_torn_file(tmp_path):
@@ -123,14 +118,14 @@ def test_sigkill_at_random_points_never_leaves_an_unloadable_checkpoint(tmp_path
                                    env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         index = workdir / "checkpoints" / "checkpoint"
-        start = latest_step(workdir) if index.exists() else 0
-        while not index.exists() or latest_step(workdir) == start:
+        start = checkpoint_step(workdir) if index.exists() else 0
+        while not index.exists() or checkpoint_step(workdir) == start:
             assert process.poll() is None and time.monotonic() < deadline, f"trial {trial}"
             time.sleep(0.2)
         time.sleep(rng.uniform(0.0, 1.5))  # somewhere in the following steps and saves
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
-        step = latest_step(workdir)
+        step = checkpoint_step(workdir)
         reader = tf.train.load_checkpoint(str(workdir / "checkpoints" / f"ckpt-{step}"))
         assert reader.get_variable_to_shape_map()  # loads, every tensor indexed
         steps.append(step)

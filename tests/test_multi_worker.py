@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, checkpoint_step
 from test_train import ENV, NO_AUG, TINY, assert_same_weights, metrics, run, weights
 
 RUN = [*TINY, *NO_AUG, "--mode=spvit", "--pruning_locations=1", "--keep_ratios=0.5",
@@ -102,7 +102,7 @@ def test_a_killed_worker_stops_its_peer_with_one_line_and_both_resume(tmp_path):
     print(f"the surviving worker stopped {waited:.0f} s after its peer was killed")
     workers[1].communicate()
     # Both restarted with a shorter run: they resume from the chief's last checkpoint.
-    last = int(open(workdir / "checkpoints" / "checkpoint").readline().split("ckpt-")[1].strip('"\n'))
+    last = checkpoint_step(workdir)
     resumed_args = [a if not a.startswith("--steps=") else f"--steps={last + 2}" for a in args]
     restarted = start_workers(resumed_args, free_ports(2))
     for worker in restarted:

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, checkpoint_step
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 TINY = [
@@ -275,8 +275,7 @@ def test_sigterm_saves_and_the_same_command_resumes_exactly(demo, tmp_path):
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 143, stdout[-2000:] + stderr[-4000:]
     assert "SIGTERM: saved" in stdout and "rerun the same command to resume" in stdout
-    saved = int(open(os.path.join(workdir, "checkpoints", "checkpoint")).readline()
-                .split('"')[1].split("-")[1])
+    saved = checkpoint_step(workdir)
     assert 5 <= saved < 40
     assert not os.path.exists(os.path.join(workdir, "final"))
 
