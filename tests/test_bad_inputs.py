@@ -3,11 +3,11 @@ benchmark, latency_table, flops, visualize, report and the adb script.
 
 The promise each case checks (`check`): the CLI ends with exactly one `error: ` line on stderr,
 the last one, saying what is wrong and how to fix it; a non-zero exit; no Python traceback;
-nothing written into its output location or its inputs. Two cases promise something else
+nothing written into its output location or its inputs. Three cases promise something else
 on purpose: a corrupt JPEG in a *training* folder is skipped, named once, and counted at the
-epoch's end (a scraped folder should not stop a run), and a damaged `.tflite` given to the
-benchmark becomes a failed row in complete results with exit status 1 (a script must not
-read it as measured, and the other models' rows are kept).
+epoch's end (a scraped folder should not stop a run), and a truncated or bit-flipped
+`.tflite` given to the benchmark becomes a failed row in complete results with exit status 1
+(a script must not read it as measured, and the other models' rows are kept).
 
 The case definitions are also what `benchmarks/bad_inputs.py` runs to write the README's
 table, so the table and the tests cannot drift apart. Inputs are small and built once per
