@@ -12,7 +12,8 @@ status 1 (unless --allow_failures), so that a script does not read it as measure
 use the schema of `spvit_tf.bench_results`, the same as the host benchmark; each run's full
 output is kept in logs/. With --op_profiling each row also carries its per-op profile
 (`spvit_tf.tflite.profile`: time by op type and by block/selector), in results.md/.json and
-profile.csv.
+profile.csv. --signature=KEY runs (and profiles) signature KEY of the files whose card lists
+it (one file, several token budgets: `export --budgets`); files with one graph run theirs.
 Needs only Python, absl-py and adb: no TensorFlow.
 """
 
@@ -32,7 +33,9 @@ except ImportError:  # running from a checkout where spvit_tf is not installed
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
     from spvit_tf import bench_results
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
-from spvit_tf.tflite.profile import BACKEND_FLAGS, PROFILE_FLAGS, parse_op_profile, summarise
+from spvit_tf.tflite.profile import (
+    BACKEND_FLAGS, PROFILE_FLAGS, parse_op_profile, signature_flags, summarise,
+)
 from spvit_tf.workdir import check_output_dir
 
 REMOTE_DIR = "/data/local/tmp/spvit_bench"
@@ -68,6 +71,8 @@ flags.DEFINE_bool("op_profiling", False, "Per-op profile (benchmark_model's op p
 flags.DEFINE_bool("memory", False, "Also sample the peak memory footprint (adds a thread).")
 flags.DEFINE_list("flops", [], "Optional name:gflops pairs; default: each model's <model>.json.")
 flags.DEFINE_integer("timeout_s", 600, "Limit for one benchmark_model run, in seconds.")
+flags.DEFINE_string("signature", "", "Signature key to run in files with several (export "
+                    "--budgets), by their cards; files with one graph run it.")
 flags.DEFINE_bool("allow_failures", False, "Exit 0 even when a run failed (its row still "
                   "records the error); by default any failed run is exit status 1.")
 
@@ -236,6 +241,7 @@ def run_one(adb, row, remote_model, extra_flags, timeout_s, log_path):
     command = [
         "shell", REMOTE_BINARY, f"--graph={remote_model}", f"--num_threads={row.num_threads}",
         *BACKEND_FLAGS[row.backend], *extra_flags,
+        *signature_flags(row.signature),
     ]  # fmt: skip
     try:
         result = adb.run(*command, timeout_s=timeout_s)
@@ -257,8 +263,11 @@ def run_one(adb, row, remote_model, extra_flags, timeout_s, log_path):
     return row
 
 
-def run_benchmarks(adb, binary, models, backends, threads, extra_flags, timeout_s, device, log_dir):
-    """Pushes, runs every configuration and always removes the scratch folder again."""
+def run_benchmarks(adb, binary, models, backends, threads, extra_flags, timeout_s, device, log_dir,
+                   signatures=None):
+    """Pushes, runs every configuration and always removes the scratch folder again.
+
+    `signatures`: {model: the signature key benchmark_model runs of it}."""
     remote = {
         model: f"{REMOTE_DIR}/{re.sub(r'[^A-Za-z0-9._-]', '_', model.name)}" for model in models
     }
@@ -277,7 +286,7 @@ def run_benchmarks(adb, binary, models, backends, threads, extra_flags, timeout_
                 for num_threads in threads if backend in PER_THREAD_BACKENDS else [max(threads)]:
                     row = bench_results.BenchResult.for_model(
                         model, target="android", device=device, backend=backend,
-                        num_threads=num_threads,
+                        num_threads=num_threads, signature=(signatures or {}).get(model, ""),
                     )
                     log_path = log_dir / f"{model.stem}_{backend}_t{num_threads}.log"
                     rows.append(run_one(adb, row, remote[model], extra_flags, timeout_s, log_path))
@@ -315,6 +324,8 @@ def main(argv):
     if len(argv) > 1:
         raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
     models = bench_results.check_models(FLAGS.models)
+    signatures = bench_results.card_signatures(
+        models, bench_results.check_signature(FLAGS.signature))
     threads = bench_results.parse_threads(FLAGS.num_threads)
     backends = list(dict.fromkeys(FLAGS.backends))
     unknown = sorted(set(backends) - set(BACKEND_FLAGS))
@@ -327,7 +338,7 @@ def main(argv):
     if not FLAGS.output_dir:
         raise SpvitError("pass --output_dir=DIR for results.md/.csv/.json")
     check_output_dir(FLAGS.output_dir, "--output_dir")  # before anything reaches the phone
-    gflops = bench_results.model_gflops(models, FLAGS.flops)
+    gflops = bench_results.model_gflops(models, FLAGS.flops, signatures)
     binary = find_binary(FLAGS.benchmark_binary)
     adb_path = find_adb(FLAGS.adb)
     adb = Adb(adb_path, pick_device(adb_path, FLAGS.serial))
@@ -349,6 +360,7 @@ def main(argv):
         FLAGS.timeout_s,
         device,
         output_dir / "logs",
+        signatures,
     )
     comparisons = bench_results.cli_comparisons(rows, models, gflops, bool(FLAGS.flops))
     meta = {
@@ -358,6 +370,7 @@ def main(argv):
         "device_props": props,
         "benchmark_binary": str(binary),
         "benchmark_flags": extra_flags,
+        "signature": FLAGS.signature,
         "gflops": gflops,
     }
     paths = bench_results.write_results(output_dir, rows, comparisons, meta)

@@ -15,8 +15,10 @@ import re
 from spvit_tf.errors import SpvitError, first_line
 from spvit_tf.workdir import atomic_write, read_json
 
-SCHEMA_VERSION = 2  # 2 added the per-op `profile`; version-1 files still read (no profiles)
-READABLE_VERSIONS = (1, 2)
+# 2 added the per-op `profile`, 3 the `signature` run; older files still read (no profiles,
+# every row its file's first subgraph)
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 STATUSES = ("ok", "failed")
 
 
@@ -28,7 +30,10 @@ class BenchResult:
     peak resident memory grew while loading and running the model (host: `ru_maxrss` of a
     fresh worker process; Android: benchmark_model's "overall" max-RSS delta), so the two
     targets measure the same thing. Fields a tool cannot measure stay None (benchmark_model
-    prints no p90, older builds no median).
+    prints no p90, older builds no median). `signature`: the signature that ran, for a file
+    with several (`export --budgets`); "" for a file's only graph. A file's row is compared
+    with the other files' rows whatever signature each ran, so that one budget of a
+    multi-budget file compares with its dense reference.
     """
 
     model: str
@@ -52,6 +57,7 @@ class BenchResult:
     # Per-op profile (`spvit_tf.tflite.profile.summarise`): one dict per (region, op type)
     # with nodes, ms and share; None when the run was not profiled.
     profile: list | None = None
+    signature: str = ""  # the signature key run, "" for the file's first subgraph
 
     @classmethod
     def for_model(cls, model, **fields):
@@ -64,9 +70,14 @@ class BenchResult:
             raise ValueError(f"status must be one of {STATUSES}, not {self.status!r}")
 
     @property
+    def name(self):
+        """How tables name the model: `<model>`, or `<model> [<signature>]` for a signature."""
+        return f"{self.model} [{self.signature}]" if self.signature else self.model
+
+    @property
     def label(self):
-        """How messages name the run: `<model> <backend> t<threads>`."""
-        return f"{self.model} {self.backend} t{self.num_threads}"
+        """How messages name the run: `<model>[ [<signature>]] <backend> t<threads>`."""
+        return f"{self.name} {self.backend} t{self.num_threads}"
 
     @property
     def key(self):
@@ -81,8 +92,8 @@ class BenchResult:
 
 
 FIELDS = [field.name for field in dataclasses.fields(BenchResult) if field.name != "profile"]
-PROFILE_FIELDS = ["model", "device", "backend", "num_threads", "region", "op_type", "delegate",
-                  "nodes", "ms", "share"]
+PROFILE_FIELDS = ["model", "signature", "device", "backend", "num_threads", "region", "op_type",
+                  "delegate", "nodes", "ms", "share"]
 
 
 @dataclasses.dataclass
@@ -185,6 +196,40 @@ def check_models(paths):
     return models
 
 
+SIGNATURE_PATTERN = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def check_signature(signature):
+    """A --signature value both CLIs pass on (to the interpreter, or on the phone's command
+    line): letters, digits, '_', '.' and '-' only; "" means the file's first subgraph."""
+    if signature and not SIGNATURE_PATTERN.fullmatch(signature):
+        raise SpvitError(f"bad --signature {signature!r}: a signature key has letters, digits, "
+                         "'_', '.' and '-' only (export --budgets names them keep_<ratios>)")
+    return signature or ""
+
+
+def card_signatures(models, signature):
+    """{model: `signature`} for the models whose card (the exporter's `<model>.json`) lists
+    it among its "signatures", for a runner that cannot open the files themselves (the phone
+    script); a model without a card or without signatures runs its one graph. One clear error
+    for a model whose card lists other signatures only."""
+    if not signature:
+        return {}
+    resolved = {}
+    for model in models:
+        card = pathlib.Path(model).with_suffix(".json")
+        try:
+            keys = sorted(json.loads(card.read_text(encoding="utf-8")).get("signatures") or {})
+        except (OSError, json.JSONDecodeError, AttributeError):
+            keys = []
+        if signature in keys:
+            resolved[model] = signature
+        elif keys:
+            raise SpvitError(f"{model} has no signature {signature!r}; its card lists "
+                             f"{', '.join(keys)}")
+    return resolved
+
+
 def parse_threads(values):
     """The thread counts of a --num_threads list, positive integers in the given order."""
     try:
@@ -216,11 +261,12 @@ def failure_line(rows, output_dir):
             "--allow_failures to exit 0 with failed rows")
 
 
-def model_gflops(models, flops_flag=()):
+def model_gflops(models, flops_flag=(), signatures=None):
     """{model name: GFLOPs} from --flops=name:gflops entries, else each model's card.
 
     The card is the exporter's `<model>.json` beside the .tflite; without one (or without a
-    "gflops" key) the model simply has no FLOPs and comparisons show latency only.
+    "gflops" key) the model simply has no FLOPs and comparisons show latency only. For a model
+    run at a signature (`signatures`: {model: key}) it is that signature's entry of the card.
     """
     given = {}
     for entry in flops_flag:
@@ -244,7 +290,11 @@ def model_gflops(models, flops_flag=()):
         if not card.is_file():
             continue
         try:
-            value = json.loads(card.read_text(encoding="utf-8")).get("gflops")
+            document = json.loads(card.read_text(encoding="utf-8"))
+            signature = (signatures or {}).get(model)
+            if signature and signature in (document.get("signatures") or {}):
+                document = document["signatures"][signature]
+            value = document.get("gflops")
         except (json.JSONDecodeError, AttributeError) as error:
             raise SpvitError(
                 f"model card {card} is not a JSON object ({error}); fix or remove it"
@@ -277,7 +327,7 @@ def format_markdown(rows, comparisons=()):
         if r.note:
             status += f" ({r.note})"
         cells = [
-            r.model, r.size_bytes / 1e6, r.device, r.backend, r.num_threads, r.runs, r.median_ms,
+            r.name, r.size_bytes / 1e6, r.device, r.backend, r.num_threads, r.runs, r.median_ms,
             r.p90_ms, r.mean_ms, r.min_ms, r.init_ms, r.first_ms, r.peak_memory_mb, status,
         ]  # fmt: skip
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
@@ -306,7 +356,7 @@ def format_profile(row):
     """Markdown lines of one row's per-op profile: time by op type, then by region."""
     from spvit_tf.tflite.profile import totals  # pure Python, like this module
 
-    title = f"Per-op profile: {row.model}, {row.device}, {row.backend}, {row.num_threads} threads"
+    title = f"Per-op profile: {row.name}, {row.device}, {row.backend}, {row.num_threads} threads"
     lines = [f"#### {title}", "", "| op type | nodes | ms | share |", "|---|---|---|---|"]
     for op_type, nodes, ms, share in totals(row.profile, "op_type"):
         lines.append(f"| {_cell(op_type)} | {nodes} | {ms:.3f} | {share:.1%} |")
@@ -333,7 +383,8 @@ def format_profile_csv(rows):
     writer.writeheader()
     for row in rows:
         for entry in row.profile or ():
-            writer.writerow({"model": row.model, "device": row.device, "backend": row.backend,
+            writer.writerow({"model": row.model, "signature": row.signature,
+                             "device": row.device, "backend": row.backend,
                              "num_threads": row.num_threads,
                              **{k: "" if v is None else v for k, v in entry.items()}})
     return buffer.getvalue()

@@ -20,6 +20,11 @@ with its error, and the run exits with status 1 once the results are written, un
 `spvit_tf.tflite.profile`) from a host build of TFLite's benchmark_model given by
 --benchmark_model: the LiteRT Python interpreter has no per-op profiler. Profiling runs
 after the timed runs, in its own invokes, so it does not slow the timings.
+
+--signature=KEY times signature KEY of the files that have several (one file, several token
+budgets: `export --budgets`); a file with one graph, such as the dense reference, runs that
+graph, so one budget compares with its reference in one run. A signature call includes the
+runner's input and output copies, which a plain invoke leaves out.
 """
 
 import concurrent.futures
@@ -48,36 +53,53 @@ FLAGS = flags.FLAGS
 _MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
 
 
-def _random_inputs(interpreter, rng):
-    """Random tensors of each input's dtype and shape (dynamic dims set to 1)."""
+def _random_value(detail, rng, shape=None):
+    """A random array of an input's dtype and `shape` (default: the detail's)."""
     import numpy as np
 
+    shape = detail["shape"] if shape is None else shape
+    dtype = np.dtype(detail["dtype"])
+    if dtype == np.bool_:
+        return rng.integers(0, 2, shape).astype(bool)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)  # full range for 8-bit pixels, small ids for wider ints
+        low, high = (info.min, info.max) if dtype.itemsize == 1 else (0, 255)
+        return rng.integers(low, high, shape, endpoint=True).astype(dtype)
+    return rng.random(shape).astype(dtype)
+
+
+def _random_inputs(interpreter, rng):
+    """Random tensors of each input's dtype and shape (dynamic dims set to 1)."""
     for detail in interpreter.get_input_details():
         shape = [d if d > 0 else 1 for d in detail["shape_signature"]] or list(detail["shape"])
         if list(detail["shape"]) != shape:
             interpreter.resize_tensor_input(detail["index"], shape)
     interpreter.allocate_tensors()
     for detail in interpreter.get_input_details():
-        dtype = np.dtype(detail["dtype"])
-        if dtype == np.bool_:
-            value = rng.integers(0, 2, detail["shape"]).astype(bool)
-        elif dtype.kind in "iu":
-            info = np.iinfo(dtype)  # full range for 8-bit pixels, small ids for wider ints
-            low, high = (info.min, info.max) if dtype.itemsize == 1 else (0, 255)
-            value = rng.integers(low, high, detail["shape"], endpoint=True)
-        else:
-            value = rng.random(detail["shape"])
-        interpreter.set_tensor(detail["index"], value.astype(dtype))
+        interpreter.set_tensor(detail["index"], _random_value(detail, rng))
 
 
-def measure(model_path, num_threads, backend, runs, warmup, seed):
+def _signature_call(interpreter, signature, rng):
+    """A call of signature `signature` on random inputs (dynamic dims set to 1)."""
+    from spvit_tf.tflite.runner import signature_runner
+
+    runner = signature_runner(interpreter, signature)
+    feeds = {name: _random_value(detail, rng, [d if d > 0 else 1
+                                               for d in detail["shape_signature"]])
+             for name, detail in runner.get_input_details().items()}
+    return lambda: runner(**feeds)
+
+
+def measure(model_path, num_threads, backend, runs, warmup, seed, signature=""):
     """Times one configuration; meant to run in a fresh process (see `peak_memory_mb`).
 
-    init_ms covers loading the model and allocating tensors; first_ms is the first invoke,
-    which pays for lazy weight packing. peak_memory_mb is the growth of this process's peak
-    RSS from just before loading to the end: weights, arena, packed weights, and the
-    runtime's own pages (about 10 MB on x86-64 even for a trivial model), so compare it
-    between models rather than read it as a model's footprint.
+    init_ms covers loading the model and allocating tensors (a signature's runner allocates
+    on its first call instead); first_ms is the first invoke, which pays for lazy weight
+    packing. `signature`: the signature key to call, "" for the first subgraph.
+    peak_memory_mb is the growth of this process's peak RSS from just before loading to the
+    end: weights, arena, packed weights, and the runtime's own pages (about 10 MB on x86-64
+    even for a trivial model), so compare it between models rather than read it as a
+    model's footprint.
     """
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
@@ -91,12 +113,16 @@ def measure(model_path, num_threads, backend, runs, warmup, seed):
     interpreter = Interpreter(
         model_path=model_path, num_threads=num_threads, experimental_op_resolver_type=resolver
     )
-    _random_inputs(interpreter, np.random.default_rng(seed))
+    if signature:
+        invoke = _signature_call(interpreter, signature, np.random.default_rng(seed))
+    else:
+        _random_inputs(interpreter, np.random.default_rng(seed))
+        invoke = interpreter.invoke
     init_ms = (time.perf_counter() - start) * 1e3
     times = []
     for _ in range(warmup + runs):
         start = time.perf_counter()
-        interpreter.invoke()
+        invoke()
         times.append((time.perf_counter() - start) * 1e3)
     rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     timed = times[warmup:]
@@ -139,9 +165,10 @@ def combine_rounds(results):
     }
 
 
-def run_all(models, threads, backends, runs, warmup, seed, rounds=1):
+def run_all(models, threads, backends, runs, warmup, seed, rounds=1, signatures=None):
     """One row per model x backend x thread count, each timed in `rounds` interleaved rounds
-    (round r uses input seed `seed + r`); a failing model gives a failed row."""
+    (round r uses input seed `seed + r`); a failing model gives a failed row. `signatures`:
+    {model: signature key} of the models to run a signature of (`resolve_signatures`)."""
     device = host_description()
     context = multiprocessing.get_context("spawn")
     rows, results = [], []
@@ -149,7 +176,8 @@ def run_all(models, threads, backends, runs, warmup, seed, rounds=1):
         for backend in backends:
             for num_threads in threads:
                 rows.append(bench_results.BenchResult.for_model(
-                    model, target="host", device=device, backend=backend, num_threads=num_threads
+                    model, target="host", device=device, backend=backend, num_threads=num_threads,
+                    signature=(signatures or {}).get(model, ""),
                 ))
                 results.append([])
     for round_ in range(rounds):
@@ -158,7 +186,7 @@ def run_all(models, threads, backends, runs, warmup, seed, rounds=1):
                 continue
             with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
                 job = pool.submit(measure, row.model_path, row.num_threads, row.backend, runs,
-                                  warmup, seed + round_)
+                                  warmup, seed + round_, row.signature)
                 try:
                     done.append(job.result())
                 except Exception as error:  # a broken model must not stop the others
@@ -187,8 +215,9 @@ def check_profiler(path):
 
 
 def profile_rows(rows, binary, runs, warmup, timeout_s=600):
-    """Fills each measured row's `profile` from benchmark_model's op profiler; returns the
-    reasons rows could not be profiled (their timings stay)."""
+    """Fills each measured row's `profile` from benchmark_model's op profiler (a row timed at
+    a signature profiles that signature); returns the reasons rows could not be profiled
+    (their timings stay)."""
     problems = []
     for row in rows:
         if row.status != "ok":
@@ -196,7 +225,7 @@ def profile_rows(rows, binary, runs, warmup, timeout_s=600):
         command = [
             str(binary), f"--graph={row.model_path}", f"--num_threads={row.num_threads}",
             *profile.BACKEND_FLAGS[row.backend], f"--num_runs={runs}", f"--warmup_runs={warmup}",
-            *profile.PROFILE_FLAGS,
+            *profile.PROFILE_FLAGS, *profile.signature_flags(row.signature),
         ]  # fmt: skip
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
@@ -214,10 +243,34 @@ def profile_rows(rows, binary, runs, warmup, timeout_s=600):
     return problems
 
 
+def resolve_signatures(models, signature):
+    """{model: the signature key to time} for --signature (module doc): `signature` where the
+    file has it, nothing for a file with one graph; one clear error for a file with several
+    graphs but not that one. A file the runtime cannot load is left to its failed row."""
+    if not signature:
+        return {}
+    from ai_edge_litert.interpreter import Interpreter
+
+    resolved = {}
+    for model in models:
+        try:
+            keys = sorted(Interpreter(model_path=str(model)).get_signature_list())
+        except Exception:  # a broken file: `measure` records why in its row
+            resolved[model] = signature
+            continue
+        if signature in keys:
+            resolved[model] = signature
+        elif len(keys) > 1:
+            raise SpvitError(f"{model} has no signature {signature!r}; its signatures: "
+                             f"{', '.join(keys)}")
+    return resolved
+
+
 def main(argv):
     if len(argv) > 1:
         raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
     models = bench_results.check_models(FLAGS.models)
+    signature = bench_results.check_signature(FLAGS.signature)
     threads = bench_results.parse_threads(FLAGS.num_threads)
     unknown = sorted(set(FLAGS.backends) - set(BACKENDS))
     if unknown or not FLAGS.backends:
@@ -227,11 +280,12 @@ def main(argv):
     if not FLAGS.output_dir:
         raise SpvitError("pass --output_dir=DIR for results.md/.csv/.json")
     check_output_dir(FLAGS.output_dir, "--output_dir")
-    gflops = bench_results.model_gflops(models, FLAGS.flops)
     profiler = check_profiler(FLAGS.benchmark_model) if FLAGS.profile else None
+    signatures = resolve_signatures(models, signature)
+    gflops = bench_results.model_gflops(models, FLAGS.flops, signatures)
 
     rows = run_all(models, threads, FLAGS.backends, FLAGS.runs, FLAGS.warmup, FLAGS.seed,
-                   FLAGS.rounds)
+                   FLAGS.rounds, signatures)
     unprofiled = profile_rows(rows, profiler, FLAGS.runs, FLAGS.warmup) if profiler else []
     comparisons = bench_results.cli_comparisons(rows, models, gflops, bool(FLAGS.flops))
     from ai_edge_litert import __version__ as litert_version
@@ -245,6 +299,7 @@ def main(argv):
         "warmup": FLAGS.warmup,
         "rounds": FLAGS.rounds,
         "seed": FLAGS.seed,
+        "signature": signature,
         "gflops": gflops,
     }
     if profiler:
@@ -282,6 +337,8 @@ def _define_flags():
                       "block/selector) with --benchmark_model.")
     flags.DEFINE_string("benchmark_model", None, "A host build of TFLite's benchmark_model, "
                         "for --profile (e.g. linux_x86-64_benchmark_model).")
+    flags.DEFINE_string("signature", "", "Signature key to time in files with several "
+                        "(export --budgets), e.g. keep_0.4; files with one graph run it.")
     flags.DEFINE_bool("allow_failures", False, "Exit 0 even when a run failed (its row still "
                       "records the error); by default any failed run is exit status 1.")
 

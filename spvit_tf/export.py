@@ -35,6 +35,11 @@ pixels directly. fpga_int8 always takes int8. The models themselves have no DIV 
 (the selector and package token normalise with softmax(log w)): the int8 DIV kernel aborts
 when a divisor rounds to its zero point.
 
+`--budgets` adds `<stem>_budgets_<format>.tflite` for the float formats (fp32, fp16, dynamic)
+among --formats: one signature per token budget of the trained model, its weights stored once
+(`spvit_tf.tflite.budgets`). Its card records, per signature, the keep ratios, GFLOPs, parity,
+accuracy and host latency, and the file's size against the one-budget file of the same format.
+
 `--gpu_friendly` adds `<stem>_gpu_{fp32,fp16}` built with `selection="matmul"` (no
 TOPK_V2/GATHER) and records, for every file, which ops the GPU delegate would leave to the
 CPU. The GPU files take --gpu_io, default `pixels`: the delegate has no uint8 -> float32 CAST,
@@ -46,6 +51,7 @@ the graph and the metadata tells runtimes to feed the pixels unchanged (mean 0, 
 import dataclasses
 import json
 import os
+import pathlib
 
 import numpy as np
 from absl import app, flags, logging
@@ -53,7 +59,9 @@ from absl import app, flags, logging
 from spvit_tf.errors import SpvitError, parse_flags, run_cli
 from spvit_tf.preprocessing import Preprocessor
 from spvit_tf.tflite import cards, metadata
-from spvit_tf.tflite.convert import (FORMATS, IO_TYPES, QUANTIZED, convert, quantize_int16x8,
+from spvit_tf.tflite.budgets import parse_budgets
+from spvit_tf.tflite.convert import (FORMATS, IO_TYPES, QUANTIZED, SIGNATURE_FORMATS, convert,
+                                     convert_signatures, quantize_int16x8, retarget,
                                      serving_inputs, serving_model)
 from spvit_tf.tflite.graph import Graph
 from spvit_tf.tflite.gpu import GPU_FORMATS, gpu_compatibility, gpu_twin
@@ -171,6 +179,8 @@ class Options:
     eval_data: str | None = None
     eval_examples: int = 500
     calibration_examples: int = 200
+    budgets: tuple = ()  # --budgets entries (`spvit_tf.tflite.budgets`)
+    latency_runs: int = 50  # timed invokes per signature of a multi-budget file; 0: none
 
 
 def check_options(options, source):
@@ -184,6 +194,13 @@ def check_options(options, source):
             raise SpvitError(f"{flag}={io_type} is not one of {', '.join(IO_TYPES)}")
     if options.eval_examples < 1 or options.calibration_examples < 1:
         raise SpvitError("--eval_examples and --calibration_examples must be at least 1")
+    if options.budgets:
+        parse_budgets(options.budgets, source.model_config.get("pruning"))
+        if not set(options.formats) & set(SIGNATURE_FORMATS):
+            raise SpvitError(f"--budgets writes a {'/'.join(SIGNATURE_FORMATS)} file: add one of "
+                             "them to --formats")
+    if options.latency_runs < 0:
+        raise SpvitError("--latency_runs must be at least 0")
     check_output_dir(options.output_dir, "--output_dir")
     if set(options.formats) & set(QUANTIZED) and not (source.data or options.eval_data):
         raise SpvitError("quantized formats need calibration images: pass --eval_data=SOURCE "
@@ -249,7 +266,96 @@ def export(source, options, log=print):
                 atomic_write(base + suffix, data, mode="wb" if isinstance(data, bytes) else "w")
             log(cards.summary(card))
             written.append(card)
+    if options.budgets:
+        singles = {card["export_format"]: card for card in written
+                   if card["file"].startswith(f"{source.name}_") and card["graph"] == "as trained"}
+        for fmt in [f for f in formats if f in SIGNATURE_FORMATS]:
+            card = _export_budgets(fmt, model, source, options, checked, class_names,
+                                   singles.get(fmt))
+            log(cards.summary(card))
+            written.append(card)
     return written
+
+
+def _export_budgets(fmt, model, source, options, checked, class_names, single):
+    """Writes `<name>_budgets_<fmt>.tflite`, one signature per budget of `options.budgets`,
+    with its card; returns the card.
+
+    Each signature is checked like a one-budget file (logit parity with its Keras twin, the
+    evaluation set); the file is written before its host latency is timed, per signature,
+    by the host benchmark (`options.latency_runs` invokes at one thread), and the card after.
+    The card's top level and the metadata describe subgraph 0, which a runtime that asks for
+    no signature runs; "signatures" lists every signature in subgraph order.
+    """
+    from spvit_tf import benchmark
+    from spvit_tf.flops import model_cost
+
+    preprocessor = source.preprocessor
+    budgets = parse_budgets(options.budgets, model.get_config().get("pruning"))
+    twins = {key: retarget(model, keep_ratios=list(ratios)) for key, ratios in budgets.items()}
+    kind, stem = options.io, f"{source.name}_budgets"
+    what = f"{stem}_{fmt}"
+    content = convert_signatures(
+        {key: serving_model(twin, kind, preprocessor) for key, twin in twins.items()}, fmt)
+    graphs = Graph.read_all(content)
+    for graph in graphs:
+        graph.check_builtin(what)
+    budgets = {graph.signature: budgets[graph.signature] for graph in graphs}  # file order
+    graph, first = graphs[0], graphs[0].signature
+    feed = cards.feed(kind, graph.tensors[graph.inputs[0]])
+    content, metadata_entry = metadata.attach(content, metadata.for_export(
+        stem=stem, fmt=fmt, source=source, model=twins[first], graph_name="as trained",
+        input_tensor=graph.tensors[graph.inputs[0]], output_tensor=graph.tensors[graph.outputs[0]],
+        normalized_input=kind == "float", feed=feed, class_names=class_names, signatures=budgets))
+    signatures = {}
+    for subgraph, key in enumerate(budgets):
+        twin = twins[key]
+        reference = keras_logits(twin, checked.parity, preprocessor)
+        logits = run_tflite(content, checked.parity, kind, preprocessor, signature=key)
+        per_image = np.abs(logits - reference).max(axis=1)
+        worst = float(np.median(per_image) if fmt == "fp16" else per_image.max())
+        if fmt in TOLERANCE and not worst <= TOLERANCE[fmt]:
+            raise SpvitError(f"{what} signature {key}: TFLite logits differ from Keras by "
+                             f"{worst:.3g} (> {TOLERANCE[fmt]}); the export is not faithful")
+        evaluation = None
+        if checked.evaluation is not None:
+            evaluation = cards.evaluation(
+                run_tflite(content, checked.evaluation, kind, preprocessor, signature=key),
+                keras_logits(twin, checked.evaluation, preprocessor), checked.labels,
+                checked.data)
+        cost = model_cost(twin)
+        signatures[key] = {
+            "keep_ratios": list(budgets[key]), "subgraph": subgraph,
+            "tokens_per_block": list(cost.tokens_per_block), "gflops": cost.gflops,
+            "checks": {"parity_images": len(per_image),
+                       "max_abs_logit_diff": float(per_image.max()),
+                       "median_abs_logit_diff": float(np.median(per_image))},
+            "evaluation": evaluation,
+        }
+    path = os.path.join(options.output_dir, f"{what}.tflite")
+    atomic_write(path, content, mode="wb")
+    if options.latency_runs:
+        model_path = pathlib.Path(path)
+        rows = [row for key in signatures for row in benchmark.run_all(
+            [model_path], [1], ["cpu"], options.latency_runs, 10, 0,
+            signatures={model_path: key})]
+        for key, row in zip(signatures, rows):
+            signatures[key]["host_latency"] = {
+                "device": row.device, "backend": row.backend, "threads": row.num_threads,
+                "runs": row.runs, "median_ms": row.median_ms, "p90_ms": row.p90_ms,
+                "status": row.status, "error": row.error}
+    card = cards.model_card(
+        stem=stem, fmt=fmt, source=source, model=twins[first], graph_name="as trained",
+        content=content, graph=graph, kind=kind,
+        checks=signatures[first]["checks"] | {"tolerance": TOLERANCE.get(fmt),
+                                              "tolerance_applies_to": "median" if fmt == "fp16"
+                                              else "max"},
+        evaluation=signatures[first]["evaluation"], tflite_metadata=metadata_entry)
+    card = cards.budgets_entry(card, signatures, single)
+    base = os.path.join(options.output_dir, what)
+    atomic_write(base + ".json", json.dumps(card, indent=2) + "\n")
+    atomic_write(base + ".md", cards.card_markdown(card))
+    return card
 
 
 def _export_one(stem, fmt, net, io_type, source, checked, class_names, graph_name, gpu_check):
@@ -335,6 +441,11 @@ def _define_flags():
     flags.DEFINE_integer("calibration_examples", 200, "Training images for int8/int16 "
                          "calibration.", lower_bound=1)
     flags.DEFINE_string("io", "uint8", f"Input type: {', '.join(IO_TYPES)} (see the module doc).")
+    flags.DEFINE_list("budgets", [], "Also one file with a signature per token budget, weights "
+                      "shared: each entry a ratio rho (keeps rho, rho^2, ... at the locations) or "
+                      "the keep ratios joined by ':', e.g. 0.631,0.5,0.4.")
+    flags.DEFINE_integer("latency_runs", 50, "Timed host invokes per signature of the --budgets "
+                         "file (0: no timing).", lower_bound=0)
 
 
 def main(argv):
@@ -364,6 +475,7 @@ def main(argv):
         output_dir=FLAGS.output_dir or os.path.join("tflite_models", source.name),
         gpu_friendly=FLAGS.gpu_friendly, gpu_io=FLAGS.gpu_io, eval_data=FLAGS.eval_data,
         eval_examples=FLAGS.eval_examples, calibration_examples=FLAGS.calibration_examples,
+        budgets=tuple(FLAGS.budgets), latency_runs=FLAGS.latency_runs,
     )
     check_options(options, source)
     logging.set_verbosity(logging.WARNING)  # the converter logs every SavedModel step at INFO

@@ -105,7 +105,8 @@ def attach_exports(runs, tflite_dirs, bench_json=None):
                     or not card.get("weights"):
                 continue
             workdir = pathlib.Path(card["weights"]).parent.parent.name
-            variant = card["export_format"] + ("_gpu" if card["graph"] != "as trained" else "")
+            variant = card["export_format"] + ("_budgets" if card.get("signatures") else
+                                               "_gpu" if card["graph"] != "as trained" else "")
             if workdir in by_workdir:
                 by_workdir[workdir].tflite[variant] = {**card, "path": str(card_file.with_suffix(".tflite"))}
     if bench_json:
@@ -216,6 +217,9 @@ def files_table(runs, folder):
         for variant, card in sorted(run.tflite.items()):
             if pathlib.Path(card["path"]).parent.resolve() != pathlib.Path(folder).resolve():
                 continue
+            if card.get("signatures"):
+                lines += _signature_rows(run, card)
+                continue
             e = card.get("evaluation") or {}
             fallback = card.get("gpu", {}).get("cpu_fallback")
             gpu = "–" if fallback is None else (", ".join(fallback) or "none")
@@ -227,6 +231,25 @@ def files_table(runs, folder):
                 f"| {_num(run.latency_ms.get((variant, 1)), '.2f')} / "
                 f"{_num(run.latency_ms.get((variant, 2)), '.2f')} | {gpu} |")
     return "\n".join(lines) + "\n"
+
+
+def _signature_rows(run, card):
+    """One files-table row per signature of a multi-budget file (`export --budgets`): its
+    keep ratios, accuracy and the export's own host timing (1 thread; the file's whole size)."""
+    rows = []
+    ratio = (card.get("budgets") or {}).get("size_ratio")
+    for key, entry in card["signatures"].items():
+        e = entry.get("evaluation") or {}
+        latency = (entry.get("host_latency") or {}).get("median_ms")
+        rows.append(
+            f"| `{card['file']}` `{key}` | {run.name} | {card['export_format']} "
+            f"| signature: keep {entry['keep_ratios']}"
+            + (f", {ratio:.3f}x one budget's size" if ratio else "")
+            + f" | {card['size_bytes'] / 1e6:.2f} "
+            f"| {_num(100 * e['tflite_accuracy'] if e else None, '.2f')} "
+            f"| {_num(e.get('top1_agreement'), '.4f')} "
+            f"| {_num(latency, '.2f')} (export) / – | – |")
+    return rows
 
 
 def plot(runs, results_dir):

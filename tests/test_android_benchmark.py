@@ -295,6 +295,39 @@ def test_profiling_and_memory_flags_reach_the_tool_and_parse(phone):
     assert "Timings (microseconds)" in (phone.out / "logs" / "dense_cpu_t2.log").read_text()
 
 
+def test_signature_reaches_the_tool_for_the_files_whose_card_lists_it(phone):
+    (phone.models / "pruned.json").write_text(json.dumps(
+        {"gflops": 3.1, "signatures": {"keep_0.7": {"gflops": 3.1}, "keep_0.4": {"gflops": 2.0}}}))
+    result = phone.run("--backends=cpu", "--num_threads=1", "--signature=keep_0.4")
+    assert result.returncode == 0, result.stderr
+    dense, pruned = shell_runs(phone.calls())
+    assert not any(flag.startswith("--signature") for flag in dense)  # one graph: runs it
+    assert pruned[-1] == "--signature_to_run_for_benchmark=keep_0.4"
+    rows, comparisons, _ = bench_results.read_results(phone.out / "results.json")
+    assert [r.signature for r in rows] == ["", "keep_0.4"]
+    assert comparisons[0].pruned_gflops == 2.0  # the signature's FLOPs, from its card
+    missing = phone.run("--backends=cpu", "--signature=keep_0.5")
+    assert missing.returncode == 2 and "its card lists keep_0.4, keep_0.7" in missing.stderr
+
+
+def test_a_signature_run_carries_its_op_profile(phone):
+    (phone.models / "pruned.json").write_text(json.dumps(
+        {"gflops": 3.1, "signatures": {"keep_0.7": {"gflops": 3.1}, "keep_0.4": {"gflops": 2.0}}}))
+    result = phone.run("--backends=cpu", "--num_threads=1", "--signature=keep_0.4",
+                       "--op_profiling")
+    assert result.returncode == 0, result.stderr
+    dense, pruned = shell_runs(phone.calls())
+    assert "--enable_op_profiling=true" in dense and "--enable_op_profiling=true" in pruned
+    assert pruned[-1] == "--signature_to_run_for_benchmark=keep_0.4"
+    rows, _, _ = bench_results.read_results(phone.out / "results.json")
+    assert [(r.signature, bool(r.profile)) for r in rows] == [("", True), ("keep_0.4", True)]
+    with open(phone.out / "profile.csv", newline="") as handle:
+        assert {(line["model"], line["signature"]) for line in csv.DictReader(handle)} == {
+            ("dense", ""), ("pruned", "keep_0.4")}
+    assert "#### Per-op profile: pruned [keep_0.4], Pixel 7" in result.stdout
+    assert "pruned [keep_0.4] cpu t1: ok" in result.stdout  # the progress line names it
+
+
 def test_allow_failures_keeps_the_failed_row_and_exits_0(phone):
     result = phone.run("--backends=gpu", "--num_threads=1", "--allow_failures")
     assert result.returncode == 0 and result.stderr == "", result.stderr

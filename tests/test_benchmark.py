@@ -281,3 +281,53 @@ def test_gflops_from_cards_and_flag(tmp_path):
     (tmp_path / "bare.json").write_text("[1, 2]")
     with pytest.raises(SpvitError, match="bare.json is not a JSON object"):
         bench_results.model_gflops([bare])
+
+
+def _two_signature_tflite(path):
+    """One file, two signatures (as `export --budgets` writes them): heads of two widths."""
+    import keras
+
+    from spvit_tf.tflite.convert import convert_signatures
+
+    def head(features):
+        inputs = keras.Input((16, 16, 3), batch_size=1, dtype="uint8")
+        x = keras.ops.reshape(keras.ops.cast(inputs, "float32") / 255.0, (1, 768))
+        return keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Dense(features)(x)))
+
+    path.write_bytes(convert_signatures({"keep_1": head(64), "keep_0.5": head(16)}))
+    return path
+
+
+def test_signature_runs_that_signature_and_files_with_one_graph_run_theirs(models, tmp_path):
+    from spvit_tf import benchmark
+
+    dense = models[0]
+    budgets = _two_signature_tflite(tmp_path / "budgets.tflite")
+    assert benchmark.resolve_signatures([dense, budgets], "keep_0.5") == {budgets: "keep_0.5"}
+    with pytest.raises(SpvitError, match="has no signature 'keep_9'; its signatures: keep_0.5"):
+        benchmark.resolve_signatures([budgets], "keep_9")
+    out = tmp_path / "out"
+    result = run_cli(f"--models={dense},{budgets}", "--signature=keep_0.5", "--runs=3",
+                     "--warmup=1", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr
+    rows, comparisons, meta = bench_results.read_results(out / "results.json")
+    assert [(r.model, r.signature, r.status) for r in rows] == [
+        ("dense", "", "ok"), ("budgets", "keep_0.5", "ok")]
+    assert meta["signature"] == "keep_0.5" and len(comparisons) == 1  # still paired
+    assert "| budgets [keep_0.5] |" in (out / "results.md").read_text()
+    bad = run_cli(f"--models={budgets}", "--signature=keep 0.5", f"--output_dir={out}")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: bad --signature")
+
+
+def test_the_phone_script_finds_signatures_in_the_cards(tmp_path):
+    budgets, dense = tmp_path / "budgets.tflite", tmp_path / "dense.tflite"
+    (tmp_path / "budgets.json").write_text(json.dumps(
+        {"gflops": 2.0, "signatures": {"keep_0.7": {"gflops": 2.0}, "keep_0.4": {"gflops": 1.0}}}))
+    assert bench_results.card_signatures([budgets, dense], "keep_0.4") == {budgets: "keep_0.4"}
+    assert bench_results.card_signatures([budgets], "") == {}
+    with pytest.raises(SpvitError, match="its card lists keep_0.4, keep_0.7"):
+        bench_results.card_signatures([budgets], "keep_0.5")
+    for model in (budgets, dense):
+        model.write_bytes(b"x")
+    gflops = bench_results.model_gflops([budgets], signatures={budgets: "keep_0.4"})
+    assert gflops == {"budgets": 1.0}  # the signature's, not the file's first

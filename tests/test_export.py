@@ -255,6 +255,54 @@ def test_without_the_metadata_schema_the_files_have_none_and_say_so(tmp_path, mo
     assert f"TFLite metadata: none ({metadata.MISSING})" in card_md
 
 
+def test_budgets_file_has_a_signature_per_budget_and_the_weights_once(tmp_path):
+    """One trained model at two keep-ratio sets: two signatures in one file, each faithful
+    to its Keras twin, with its accuracy and host latency in the card."""
+    workdir = make_workdir(tmp_path / "run")
+    out = tmp_path / "out"
+    options = export.Options(formats=("fp32",), output_dir=str(out), eval_examples=16,
+                             budgets=("0.75:0.5:0.25", "0.5"), latency_runs=3)
+    source = export.source_from_workdir(str(workdir))
+    single, multi = export.export(source, options, log=lambda line: None)
+    keys = ["keep_0.5", "keep_0.75_0.5_0.25"]  # subgraph order: the converter sorts the keys
+    assert multi["file"] == "run_budgets_fp32.tflite" and list(multi["signatures"]) == keys
+    content = (out / multi["file"]).read_bytes()
+    assert multi["size_bytes"] == len(content) and json.loads(
+        (out / "run_budgets_fp32.json").read_text())["signatures"] == multi["signatures"]
+    budgets = multi["budgets"]
+    assert budgets["single_budget_file"] == single["file"] == "run_fp32.tflite"
+    assert budgets["size_ratio"] == len(content) / single["size_bytes"] <= 1.15  # weights once
+    assert [g.signature for g in Graph.read_all(content)] == keys
+    assert budgets["first_subgraph"] == "keep_0.5"  # what a plain invoke runs: the card's top
+    for graph in Graph.read_all(content):
+        graph.check_builtin(graph.signature)
+    model = export.build_model(source)
+    pixels, labels, _ = load_pixels("cifar10_embedded", "eval", 16, source.preprocessor)
+    for key, ratios in zip(keys, ([0.5, 0.25, 0.125], [0.75, 0.5, 0.25])):
+        entry = multi["signatures"][key]
+        assert entry["keep_ratios"] == ratios and entry["checks"]["max_abs_logit_diff"] <= 1e-4
+        twin = spvit_tf.create_model(
+            "deit_tiny_patch16_224", **dict(source.model_config,
+                                            pruning=dict(PRUNING, keep_ratios=ratios)))
+        twin.set_weights(model.get_weights())
+        logits = run_tflite(content, pixels, "uint8", signature=key)
+        np.testing.assert_allclose(logits, keras_logits(twin, pixels, source.preprocessor),
+                                   atol=1e-4, rtol=0)
+        assert entry["evaluation"]["tflite_accuracy"] == float(np.mean(logits.argmax(1) == labels))
+        assert entry["host_latency"]["status"] == "ok" and entry["host_latency"]["median_ms"] > 0
+    smaller, trained = (multi["signatures"][key] for key in keys)
+    assert trained["tokens_per_block"] == single["tokens_per_block"]
+    assert smaller["gflops"] == multi["gflops"] < trained["gflops"]
+    assert multi["evaluation"] == smaller["evaluation"]
+    np.testing.assert_allclose(run_tflite(content, pixels, "uint8"),  # subgraph 0
+                               run_tflite(content, pixels, "uint8", signature="keep_0.5"))
+    card_md = (out / "run_budgets_fp32.md").read_text()
+    assert "2 signatures, one per token budget, sharing the weights" in card_md
+    assert "`keep_0.5`: keep [0.5, 0.25, 0.125]" in card_md
+    with pytest.raises(spvit_tf.SpvitError, match="no signature 'keep_0.9'"):
+        run_tflite(content, pixels[:1], "uint8", signature="keep_0.9")
+
+
 def test_fpga_export_names_the_float_ops_it_cannot_remove(tmp_path):
     # `hard` has no package token, so TOPK_V2's values go unused and the converter keeps it float
     workdir = make_workdir(tmp_path / "hard_run", method="hard")
@@ -284,6 +332,12 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path):
         ((f"--workdir={workdir}", "--gpu_io=rgb"), "--gpu_io"),
         ((f"--workdir={workdir}", "--eval_examples=0"), "eval_examples"),
         ((f"--workdir={pixel_scale}",), "on the 0-1 scale"),
+        ((f"--workdir={workdir}", "--budgets=0.5"), "at least two budgets"),
+        ((f"--workdir={workdir}", "--budgets=0.5,0.7:0.2"), "has 2 keep ratios for 3"),
+        ((f"--workdir={workdir}", "--budgets=0.5,0.4:0.5:0.2"), "must not increase"),
+        ((f"--workdir={workdir}", "--budgets=0.5,1.5"), "not a keep ratio in (0, 1]"),
+        ((f"--workdir={workdir}", "--budgets=0.5,0.4", "--formats=int8"), "add one of them"),
+        (("--model=deit_tiny_patch16_224", "--budgets=0.5,0.4"), "needs a token-pruned model"),
     ]
     for flags, message in cases:
         result = run_cli(*flags, f"--output_dir={out}")

@@ -5,6 +5,7 @@ fields, or CSV with --op_profiling_output_mode=csv), with the tensor names of th
 really converted SPViT file, so attribution is checked against names the converter writes.
 """
 
+import csv
 import json
 import os
 import pathlib
@@ -185,6 +186,44 @@ def test_host_benchmark_profile_lands_in_every_result_file(tmp_path, shipped_ops
     assert "| selector 1 |" in (out / "results.md").read_text()
 
 
+def test_a_signature_is_profiled_and_named_in_every_result_file(tmp_path, shipped_ops):
+    """--signature with --profile: benchmark_model profiles that signature of the budgets
+    file, the dense reference's one graph, and each row and profile line names what ran."""
+    from test_benchmark import _tiny_tflite, _two_signature_tflite
+
+    fake = tmp_path / "benchmark_model"
+    fake.write_text(FAKE_BENCHMARK_MODEL.replace("PYTHON", sys.executable))
+    fake.chmod(0o755)
+    (tmp_path / "profile.txt").write_text(render(shipped_ops))
+    dense = _tiny_tflite(tmp_path / "dense.tflite", 64)
+    budgets = _two_signature_tflite(tmp_path / "budgets.tflite")
+    out = tmp_path / "bench"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "FAKE_BM_LOG": str(tmp_path / "log"),
+           "FAKE_BM_OUTPUT": str(tmp_path / "profile.txt")}
+    result = subprocess.run(
+        [sys.executable, "-m", "spvit_tf.benchmark", f"--models={dense},{budgets}", "--runs=3",
+         "--warmup=1", "--backends=xnnpack_off", "--num_threads=1", f"--output_dir={out}",
+         "--signature=keep_0.5", "--profile", f"--benchmark_model={fake}"],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    calls = (tmp_path / "log").read_text().splitlines()
+    dense_call, budgets_call = (call.split() for call in calls)
+    assert not any(flag.startswith("--signature") for flag in dense_call)
+    assert budgets_call[0] == f"--graph={budgets}"
+    assert budgets_call[-2:] == ["--enable_op_profiling=true",
+                                 "--signature_to_run_for_benchmark=keep_0.5"]
+    rows, _, _ = bench_results.read_results(out / "results.json")
+    assert [(r.signature, bool(r.profile)) for r in rows] == [("", True), ("keep_0.5", True)]
+    with open(out / "profile.csv", newline="") as handle:
+        lines = list(csv.DictReader(handle))
+    assert {(line["model"], line["signature"]) for line in lines} == {
+        ("dense", ""), ("budgets", "keep_0.5")}
+    markdown = (out / "results.md").read_text()
+    assert "#### Per-op profile: budgets [keep_0.5], " in markdown
+    assert "| budgets [keep_0.5] |" in markdown
+
+
 def test_profile_without_a_host_binary_is_one_line_before_any_timing(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "spvit_tf.benchmark", f"--models={SHIPPED}",
@@ -199,16 +238,25 @@ def test_profile_without_a_host_binary_is_one_line_before_any_timing(tmp_path):
     assert not (tmp_path / "bench").exists()
 
 
-def test_schema_1_results_still_read(tmp_path):
+def test_schema_1_and_2_results_still_read(tmp_path):
     row = bench_results.BenchResult(model="m", model_path="m.tflite", size_bytes=1,
-                                    target="host", device="d", backend="cpu", num_threads=1)
+                                    target="host", device="d", backend="cpu", num_threads=1,
+                                    profile=[{"region": None, "op_type": "ADD", "delegate": False,
+                                              "nodes": 1, "ms": 1.0, "share": 1.0}])
     document = json.loads(bench_results.format_json([row]))
-    document["schema_version"] = 1
+    assert document["schema_version"] == bench_results.SCHEMA_VERSION == 3
+    document["schema_version"] = 2  # v2: profiles, no signature
+    for result in document["results"]:
+        del result["signature"]
+    (tmp_path / "v2.json").write_text(json.dumps(document))
+    (v2,), _, _ = bench_results.read_results(tmp_path / "v2.json")
+    assert v2.signature == "" and v2.profile == row.profile and v2.label == "m cpu t1"
+    document["schema_version"] = 1  # v1: neither
     for result in document["results"]:
         del result["profile"]
     (tmp_path / "old.json").write_text(json.dumps(document))
     (old,), _, _ = bench_results.read_results(tmp_path / "old.json")
-    assert old.profile is None and old.model == "m"
+    assert old.profile is None and old.signature == "" and old.model == "m"
     document["schema_version"] = 99
     (tmp_path / "new.json").write_text(json.dumps(document))
     with pytest.raises(bench_results.SpvitError, match="schema 99, not one of"):

@@ -3,7 +3,9 @@
 One module per concept, each with a small public API:
 
 - `convert`: the serving graph (`serving_model`, `serving_inputs`), the converter settings of
-  every format (`convert`, `FORMATS`) and the calibrated quantization (`quantize_int16x8`).
+  every format (`convert`, `FORMATS`), the calibrated quantization (`quantize_int16x8`), and
+  files with several signatures (`convert_signatures`) of a model's twins (`retarget`).
+- `budgets`: several token budgets in one file, one signature each (`parse_budgets`).
 - `graph`: the flatbuffer reader (`Graph`: ops, tensors, float ops, builtin/integer checks).
 - `gpu`: the GPU delegate: the variant it runs whole (`gpu_twin`) and the rule check of which
   ops it would leave to the CPU (`gpu_compatibility`).

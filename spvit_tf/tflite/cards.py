@@ -185,11 +185,46 @@ def card_markdown(card):
     if isinstance(islands, dict):
         lines.append("- float ops: " + (", ".join(f"{k} x{v['count']}" for k, v in islands.items())
                                         or "none (all integer)"))
+    budgets = card.get("budgets")
+    if budgets:
+        ratio = budgets["size_ratio"]
+        lines.append(f"- {len(card['signatures'])} signatures, one per token budget, sharing the "
+                     "weights" + (f": {ratio:.3f}x the size of {budgets['single_budget_file']}"
+                                  if ratio else "")
+                     + f"; subgraph 0 (the rest of this card) is {budgets['first_subgraph']}")
+        for key, entry in card["signatures"].items():
+            e, latency = entry.get("evaluation"), entry.get("host_latency") or {}
+            lines.append(
+                f"  - `{key}`: keep {entry['keep_ratios']}, {entry['gflops']:.3f} GFLOPs"
+                + (f", accuracy {e['tflite_accuracy']:.4f} (Keras {e['keras_accuracy']:.4f})"
+                   if e else "")
+                + (f", host {latency['median_ms']:.3g} ms (1 thread)"
+                   if latency.get("median_ms") is not None else ""))
     if "gpu" in card:
         fallback = card["gpu"]["cpu_fallback"]
         lines.append("- GPU delegate: " + ("every op delegated" if not fallback else
                      "CPU fallback for " + "; ".join(f"{k} (x{n})" for k, n in fallback.items())))
     return "\n".join(lines) + "\n"
+
+
+def budgets_entry(card, signatures, single):
+    """`card` (the card of a file with one signature per token budget, made for subgraph 0)
+    with "signatures" ({key: its keep ratios, subgraph, tokens, GFLOPs, checks, evaluation and
+    host latency}, in subgraph order) and "budgets" (the file's size against `single`, the
+    card of the same export's one-signature file, which is how the shared weights are
+    checked)."""
+    card = dict(card, signatures=signatures, budgets={
+        "shared_weights": "one trained model; each signature is its top-k at other keep "
+        "ratios, the weights stored once",
+        "first_subgraph": next(iter(signatures)),
+        "single_budget_file": single["file"] if single else None,
+        "single_budget_size_bytes": single["size_bytes"] if single else None,
+        "size_ratio": card["size_bytes"] / single["size_bytes"] if single else None,
+        "runtimes": "call a signature with LiteRT's signature runner (Interpreter"
+        ".getSignatureRunner / CompiledModel); MediaPipe Tasks' ImageClassifier takes models "
+        "with one subgraph only",
+    })
+    return card
 
 
 def summary(card):

@@ -32,6 +32,7 @@ QUANTIZED = ("int8", "int16x8", "fpga_int8")  # activations quantized: calibrate
 # What the phone int8 format computes in int8: the ops with weights, nearly all the MACs.
 MOBILE_INT8_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
 IO_TYPES = ("uint8", "int8", "float", "pixels")
+SIGNATURE_FORMATS = ("fp32", "fp16", "dynamic")  # several signatures: uncalibrated formats only
 
 
 def serving_model(model, kind, preprocessor=None):
@@ -67,6 +68,26 @@ def serving_inputs(pixels, kind, preprocessor):
     return x if kind == "pixels" else preprocessor.normalize(x)
 
 
+def retarget(model, **pruning):
+    """A fresh model of `model`'s config with pruning options `pruning` replaced, carrying
+    `model`'s weights (same variables, same order), so both compute with the same weights.
+
+    The pruning options that change nothing the weights hold (the selection's implementation,
+    the keep ratios) give twins for other runtimes and other token budgets; a dense model
+    keeps its config when `pruning` is empty.
+    """
+    config = model.get_config()
+    if pruning:
+        if not config.get("pruning"):
+            raise SpvitError(f"{', '.join(sorted(pruning))} need a token-pruned model; this one "
+                             "is dense")
+        config["pruning"] = {**config["pruning"], **pruning}
+    twin = type(model).from_config(config)
+    twin.build_weights()
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def _representative(inputs):
     """Calibration batches of one example each from an array (a single-input model) or a
     dict {input name: array} (the converter orders several inputs its own way)."""
@@ -85,28 +106,78 @@ def convert(keras_model, fmt="fp32", calibration=None, io_type=None):
     tf.int8), None for float I/O. A conversion failure is one `SpvitError` naming the op.
     """
     import tensorflow as tf
-    from tensorflow.lite.python.convert_phase import ConverterError
 
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    builtins, int8 = tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.TFLITE_BUILTINS_INT8
-    converter.target_spec.supported_ops = [builtins]
+    _configure(converter, fmt)
+    if fmt in ("int8", "fpga_int8"):
+        converter.representative_dataset = _representative(calibration)
+        if fmt == "fpga_int8":  # integer kernels only; the phone format picks its islands
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if io_type is not None:
+            converter.inference_input_type = converter.inference_output_type = io_type
+    if fmt == "int8":
+        return _run(lambda: _mobile_int8(converter, io_type or tf.float32), fmt)
+    return _run(converter.convert, fmt)
+
+
+def convert_signatures(keras_models, fmt="fp32"):
+    """TFLite bytes with one signature per entry of `keras_models` ({signature key: a
+    single-input serving model}), builtin ops only; `fmt` is one of `SIGNATURE_FORMATS`.
+
+    Each signature takes input "image" and returns "logits"; the converter orders the
+    subgraphs by signature key (`Graph.read_all` gives each subgraph's). The models are exported as one SavedModel (Keras' ExportArchive, as the converter
+    does for one Keras model) so that the converter sees every variable once; twins of one
+    model (`retarget`) hold equal weights, and the converter writes equal constant buffers
+    once, so the signatures share their weights in the file (the export's card records the
+    size against a one-signature file, which is how that is checked).
+    """
+    import tempfile
+
+    import keras
+    import tensorflow as tf
+
+    if fmt not in SIGNATURE_FORMATS:
+        raise SpvitError(f"a file with several signatures is one of {', '.join(SIGNATURE_FORMATS)}"
+                         f" (no calibration per signature), not {fmt}")
+    archive = keras.export.ExportArchive()
+    for key, model in keras_models.items():
+        (spec,) = model.inputs
+        archive.track(model)
+        archive.add_endpoint(key, _logits_endpoint(model),
+                             [tf.TensorSpec(spec.shape, spec.dtype, name="image")])
+    with tempfile.TemporaryDirectory() as folder:
+        with captured_stdout(), contextlib.redirect_stdout(io.StringIO()):
+            archive.write_out(folder, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            folder, signature_keys=list(keras_models))
+        _configure(converter, fmt)
+        return _run(converter.convert, fmt)
+
+
+def _logits_endpoint(model):
+    return lambda image: {"logits": model(image, training=False)}
+
+
+def _configure(converter, fmt):
+    """The converter settings every format shares: builtin ops, and its weight type."""
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if fmt != "fp32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if fmt == "fp16":
         converter.target_spec.supported_types = [tf.float16]
-    if fmt in ("int8", "fpga_int8"):
-        converter.representative_dataset = _representative(calibration)
-        if fmt == "fpga_int8":  # integer kernels only; the phone format picks its islands
-            converter.target_spec.supported_ops = [int8]
-        if io_type is not None:
-            converter.inference_input_type = converter.inference_output_type = io_type
+
+
+def _run(conversion, fmt):
+    """`conversion()` with the converter's output muted and its failure as one SpvitError."""
+    from tensorflow.lite.python.convert_phase import ConverterError
+
     try:  # Keras prints its SavedModel export, the quantizer its settings
         with captured_stdout(), contextlib.redirect_stdout(io.StringIO()), \
                 warnings.catch_warnings():
             warnings.filterwarnings("ignore", "Statistics for quantized inputs")
-            if fmt == "int8":
-                return _mobile_int8(converter, io_type or tf.float32)
-            return converter.convert()
+            return conversion()
     except ConverterError as error:
         lines = [line for line in str(error).splitlines() if "op" in line.lower()]
         raise SpvitError(f"TFLite conversion to {fmt} failed (builtin ops only, no Flex): "

@@ -13,6 +13,7 @@ verdict beside them.
 import collections
 
 from spvit_tf.tflite.capture import captured_stdout
+from spvit_tf.tflite.convert import retarget
 
 GPU_FORMATS = ("fp32", "fp16")  # what the GPU delegate computes in
 GPU_OPS = frozenset("""
@@ -28,18 +29,10 @@ GPU_CASTS = {("bool", "float32"), ("float32", "bool"), ("float32", "int32"),
 
 
 def gpu_twin(model):
-    """`model` with selection="matmul": no TOPK_V2/GATHER, which the GPU delegate lacks.
-
-    A fresh model of the changed config carrying `model`'s weights (same variables, same
-    order), so both compute the same function.
-    """
-    config = model.get_config()
-    if config.get("pruning"):
-        config["pruning"] = {**config["pruning"], "selection": "matmul"}
-    twin = type(model).from_config(config)
-    twin.build_weights()
-    twin.set_weights(model.get_weights())
-    return twin
+    """`model` with selection="matmul" (no TOPK_V2/GATHER, which the GPU delegate lacks) and
+    the same weights, so both compute the same function; a dense model as it is."""
+    return retarget(model, **({"selection": "matmul"} if model.get_config().get("pruning")
+                              else {}))
 
 
 def op_problem(op, tensors):

@@ -36,27 +36,47 @@ def _indices(values):
 
 @dataclasses.dataclass
 class Graph:
-    """Ops and tensors of a .tflite's main subgraph, read from the flatbuffer.
+    """Ops and tensors of one subgraph of a .tflite, read from the flatbuffer.
 
     ops: dicts with index, type, version, options, inputs and outputs (tensor indices, -1 for
     an absent optional input); tensors: dicts with name, dtype, shape, scale, zero_point,
-    quantized_dimension and constant.
+    quantized_dimension and constant; signature: the key of the signature that runs this
+    subgraph (None when the file names none).
     """
 
     ops: list
     tensors: list
     inputs: list
     outputs: list
+    signature: str | None = None
 
     @classmethod
     def read(cls, content):
-        from ai_edge_litert import schema_py_generated as schema
+        """The graph of a .tflite with one subgraph (`read_all` for files with several)."""
+        graphs = cls.read_all(content)
+        if len(graphs) != 1:
+            raise SpvitError(f"the model has {len(graphs)} subgraphs (signatures "
+                             f"{[g.signature for g in graphs]}); read them with Graph.read_all")
+        return graphs[0]
+
+    @classmethod
+    def read_all(cls, content):
+        """Every subgraph of a .tflite, in file order."""
         from ai_edge_litert.tools import flatbuffer_utils
 
         model = flatbuffer_utils.read_model_from_bytearray(bytearray(content))
+        keys = {}
+        for signature in model.signatureDefs or []:
+            key = signature.signatureKey
+            keys[signature.subgraphIndex] = key.decode() if isinstance(key, bytes) else key
+        return [cls._subgraph(model, graph, keys.get(i)) for i, graph in enumerate(model.subgraphs)]
+
+    @classmethod
+    def _subgraph(cls, model, graph, signature):
+        from ai_edge_litert import schema_py_generated as schema
+
         op_names, type_names = _enum_names(schema.BuiltinOperator), _enum_names(schema.TensorType)
         activations = _enum_names(schema.ActivationFunctionType)
-        (graph,) = model.subgraphs
         tensors = []
         for t in graph.tensors:
             q = t.quantization
@@ -85,7 +105,7 @@ class Graph:
                 "index": i, "type": kind, "version": code.version, "options": options,
                 "inputs": _indices(op.inputs), "outputs": _indices(op.outputs),
             })
-        return cls(ops, tensors, _indices(graph.inputs), _indices(graph.outputs))
+        return cls(ops, tensors, _indices(graph.inputs), _indices(graph.outputs), signature)
 
     def op_counts(self):
         return dict(sorted(collections.Counter(op["type"] for op in self.ops).items()))

@@ -132,7 +132,7 @@ def describe_pruning(pruning, tokens_per_block):
 
 
 def for_export(*, stem, fmt, source, model, graph_name, input_tensor, output_tensor,
-               normalized_input, feed, class_names):
+               normalized_input, feed, class_names, signatures=None):
     """The `ClassifierMetadata` of one exported file.
 
     Name: the file's stem; description: model, pruning schedule, GFLOPs, format and how to
@@ -140,7 +140,9 @@ def for_export(*, stem, fmt, source, model, graph_name, input_tensor, output_ten
     exports of different weights never share a version. `source`: what was exported
     (`model_name`, `weights` and the `preprocessor`, whose normalisation a float input that
     takes the normalised image declares); `normalized_input`: the float input is the
-    normalised image (else a float input holds the pixels 0-255).
+    normalised image (else a float input holds the pixels 0-255). `signatures`: {key: keep
+    ratios} of a file with one signature per token budget, in subgraph order; `model` is
+    subgraph 0's.
     """
     import spvit_tf
     from spvit_tf.flops import model_cost
@@ -162,6 +164,10 @@ def for_export(*, stem, fmt, source, model, graph_name, input_tensor, output_ten
         f"classes, exported by spvit_tf as {fmt} (graph: {graph_name}). Pruning schedule: "
         f"{describe_pruning(pruning, cost.tokens_per_block)}. {cost.gflops:.4f} GFLOPs per "
         f"image. Input: {feed}. Output: class logits, softmax not applied.")
+    if signatures:
+        description += (" Signatures, one per token budget, sharing the weights: " + "; ".join(
+            f"{key} keeps {list(ratios)}" for key, ratios in signatures.items())
+            + f"; subgraph 0 (no signature asked) is {next(iter(signatures))}.")
     return ClassifierMetadata(
         name=f"{stem}_{fmt}", description=description, version=version,
         image_size=tuple(int(s) for s in input_tensor["shape"][1:3]),

@@ -37,6 +37,14 @@ BACKEND_FLAGS = {
     "nnapi": ["--use_nnapi=true"],
 }
 PROFILE_FLAGS = ["--enable_op_profiling=true"]
+
+
+def signature_flags(signature):
+    """benchmark_model's flags to run signature `signature` of a file with several (`export
+    --budgets`); none for "" (the file's first subgraph)."""
+    return [f"--signature_to_run_for_benchmark={signature}"] if signature else []
+
+
 _NAME = re.compile(r"^\[(?P<outputs>.*)\]:(?P<node>\d+)$")
 _DELEGATE_NAME = re.compile(r"^Delegate/(?P<kernel>.*):(?P<node>\d+)$")
 # Keras layer scopes in tensor names; Keras 3 suffixes each scope with `_<n>`.

@@ -39,20 +39,39 @@ def output_values(values, detail):
     return (values - zero_point) * scale if scale else values
 
 
-def run_tflite(content, pixels, kind="uint8", preprocessor=None):
+def run_tflite(content, pixels, kind="uint8", preprocessor=None, signature=None):
     """Float logits (N, classes) of a .tflite on uint8 `pixels`, one image per invoke, with
-    the LiteRT interpreter."""
+    the LiteRT interpreter: its main subgraph, or the subgraph of signature key `signature`."""
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=content)
-    interpreter.allocate_tensors()
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    logits = []
-    for image in pixels:
-        interpreter.set_tensor(inp["index"], input_values(image[None], inp, kind, preprocessor))
-        interpreter.invoke()
-        logits.append(output_values(interpreter.get_tensor(out["index"]), out)[0])
-    return np.stack(logits)
+    if signature is None:
+        interpreter.allocate_tensors()
+        (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+
+        def invoke(values):
+            interpreter.set_tensor(inp["index"], values)
+            interpreter.invoke()
+            return interpreter.get_tensor(out["index"])
+    else:
+        runner = signature_runner(interpreter, signature)
+        ((name, inp),), ((output, out),) = (runner.get_input_details().items(),
+                                            runner.get_output_details().items())
+
+        def invoke(values):
+            return runner(**{name: values})[output]
+    return np.stack([output_values(invoke(input_values(image[None], inp, kind, preprocessor)),
+                                   out)[0] for image in pixels])
+
+
+def signature_runner(interpreter, signature):
+    """The interpreter's runner of signature key `signature`, or one clear error naming the
+    keys the file has."""
+    keys = sorted(interpreter.get_signature_list())
+    if signature not in keys:
+        raise SpvitError(f"the model has no signature {signature!r}; its signatures: "
+                         f"{', '.join(keys) or 'none'}")
+    return interpreter.get_signature_runner(signature)
 
 
 def keras_logits(model, pixels, preprocessor, batch_size=64):
