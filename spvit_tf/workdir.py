@@ -20,6 +20,7 @@ Every CLI that writes (train's workdir, export's and the benchmarks' --output_di
 line before any model or data is loaded, not a traceback after minutes of work.
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -30,19 +31,23 @@ RUN_FILE = "run.json"
 FINAL_WEIGHTS = os.path.join("final", "model.weights.h5")
 
 
-def atomic_write(path, data, mode="w"):
-    """Writes `data` to `path` via a temporary file and `os.replace` (never half-written).
-
-    A file-system error (a full disk, no permission) is re-raised as the same OSError with
-    `path` as its file name, so that `run_cli` reports the file, not a temporary name."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path` that ends like it (Keras picks a weights format
+    by the suffix), for a writer that takes a file name; the file is renamed onto `path`
+    (`os.replace`) when the block completes and removed when it fails, so `path` is never
+    half-written. A file-system error (a full disk, no permission) is re-raised as the same
+    OSError with `path` as its file name, so that `run_cli` reports the file, not the
+    temporary name. The one atomic writer of the project: `atomic_write` is built on it."""
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # on disk before the rename makes it visible
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+        os.close(fd)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, os.fspath(path)) from error
+    try:
+        yield tmp
         os.replace(tmp, path)
     except BaseException as error:
         if os.path.exists(tmp):
@@ -50,6 +55,16 @@ def atomic_write(path, data, mode="w"):
         if isinstance(error, OSError) and error.errno is not None:
             raise OSError(error.errno, error.strerror, os.fspath(path)) from error
         raise
+
+
+def atomic_write(path, data, mode="w"):
+    """Writes `data` (text, or bytes with mode="wb") to `path` through `atomic_path`, synced
+    to disk before the rename makes it visible."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def _unusable(path):

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import REPO, checkpoint_step
 from test_export import make_workdir
-from test_train import ENV, NO_AUG, TINY, error_line, metrics, run
+from spvit_tf.errors import SpvitError
+from test_train import ENV, NO_AUG, TINY, error_line, fit, metrics, run
 
 RUN = [*TINY, *NO_AUG, "--mode=dense", "--drop_path=0", "--warmup_epochs=0", "--lr=0.01",
        "--eval_examples=32", "--eval_every=0", "--log_every=1", "--checkpoint_every=1"]
@@ -65,24 +66,21 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(tmp_path):
 
 def test_checkpoint_write_errors_are_one_line_naming_the_last_checkpoint(tmp_path, monkeypatch):
     """The same contract without a small disk: ENOSPC injected into the checkpoint write."""
-    script = (
-        "import errno, sys, tensorflow as tf\n"
-        "from absl import app\n"
-        "from spvit_tf import train\n"
-        "from spvit_tf.errors import parse_flags, run_cli\n"
-        "real = tf.train.CheckpointManager.save\n"
-        "def save(self, *a, **k):\n"
-        "    if k.get('checkpoint_number', 0) > 2:\n"
-        "        raise tf.errors.ResourceExhaustedError(None, None, 'No space left on device')\n"
-        "    return real(self, *a, **k)\n"
-        "tf.train.CheckpointManager.save = save\n"
-        "app.run(run_cli(train.main), argv=sys.argv, flags_parser=parse_flags)\n"
-    )
+    import tensorflow as tf
+
+    real = tf.train.CheckpointManager.save
+
+    def save(self, *args, **kwargs):
+        if kwargs.get("checkpoint_number", 0) > 2:
+            raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save)
     workdir = tmp_path / "run"
-    result = run(["-c", script, *RUN, "--steps=5", f"--workdir={workdir}"], module=None,
-                 check=False)
-    line = error_line(result)
-    assert "No space left on device" in line and "ckpt-2" in line
+    with pytest.raises(SpvitError) as error:
+        fit([*RUN, "--steps=5", f"--workdir={workdir}"])
+    line = str(error.value)
+    assert "\n" not in line and "No space left on device" in line and "ckpt-2" in line
     assert checkpoint_step(workdir) == 2
 
 

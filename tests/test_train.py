@@ -1,12 +1,15 @@
-"""The training CLI end to end on tiny models: the workdir contract, one step on two replicas,
+"""Training end to end on tiny models: the workdir contract, one step on two replicas,
 kill-and-resume, the NaN stop, every config (the ImageNet ones on TFDS mock data), one-line CLI
 errors and the schedule search.
 
-Runs go through subprocesses (`python -m spvit_tf.train`): the CLI's absl flags, signals and exit
-codes are what is tested, and each run gets a fresh TensorFlow (logical devices, seeds).
+Where the CLI itself is under test (its summary, absl flags, SIGTERM and exit codes, logical CPU
+devices, which need a fresh TensorFlow) a run goes through a subprocess (`python -m
+spvit_tf.train`); everything else calls `spvit_tf.train.fit(TrainConfig)` in this process,
+with the same flags parsed by `TrainConfig.from_argv`.
 """
 
 import concurrent.futures
+import dataclasses
 import glob
 import json
 import math
@@ -21,6 +24,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, checkpoint_step
+from spvit_tf.errors import SpvitError
+from spvit_tf.train_config import TrainConfig
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 TINY = [
@@ -45,28 +50,13 @@ DEMO = [
 IMAGENET_CONFIGS = ["deit_t", "deit_s", "deit_b", "pit_ti", "pit_xs", "pit_s", "pit_b"]
 SLOW = {"deit_b", "pit_b"}  # about 30 s each on 2 CPU cores
 
-# Parses flag lists with the training CLI's own flags and prints them as JSON, one per list.
-PARSE_FLAGS = """
-import json, sys
-from absl import flags
-from spvit_tf import train
-
-parsed = []
-for argv in json.loads(sys.argv[1]):
-    flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train", *argv])
-    train.check_flags()
-    parsed.append({f.name: f.value for f in flags.FLAGS.get_flags_for_module(train)})
-print(json.dumps(parsed))
-"""
-
 # Trains on `tfds.testing.mock_data` in this process, with a prepared-looking imagenet2012
 # (metadata only: 4 examples per split): the ImageNet path offline, manual dir untouched.
 MOCK_IMAGENET_TRAIN = """
 import os, sys
 import tensorflow_datasets as tfds
-from absl import flags
 from spvit_tf import train
+from spvit_tf.train_config import TrainConfig
 
 data_dir, argv = sys.argv[1], sys.argv[2:]
 builder = tfds.builder("imagenet2012", data_dir=data_dir)
@@ -76,8 +66,7 @@ os.makedirs(builder.data_dir)
 builder.info.write_to_directory(builder.data_dir)
 with tfds.testing.mock_data(num_examples=4, data_dir=data_dir,
                             policy=tfds.testing.MockPolicy.USE_FILES):
-    flags.FLAGS(["train", *argv])
-    train.main(["train"])
+    train.fit(TrainConfig.from_argv(argv))
 """
 
 
@@ -99,8 +88,18 @@ def run_all(arg_lists, **kwargs):
     return list(POOL.map(lambda args: run(args, **kwargs), arg_lists))
 
 
-def parse_flags(*argvs):
-    return json.loads(run(["-c", PARSE_FLAGS, json.dumps(argvs)], module=None).stdout)
+def parse_flags(argv):
+    """The checked config of CLI arguments, as `python -m spvit_tf.train` would run it."""
+    config = TrainConfig.from_argv(argv)
+    config.check()
+    return config
+
+
+def fit(args):
+    """`python -m spvit_tf.train *args`, in this process: the final evaluation dict."""
+    from spvit_tf import train
+
+    return train.fit(parse_flags(args))
 
 
 def metrics(workdir):
@@ -189,13 +188,16 @@ def test_training_lowers_the_loss_and_fills_the_workdir(demo, tmp_path):
     assert json.loads(output.read_text()) == sampled and sampled["pruning_mode"] == "gumbel"
 
 
-def test_flags_txt_is_a_flagfile_that_resumes_the_run(demo):
+def test_flags_txt_is_a_flagfile_that_resumes_the_run(demo, capsys):
     workdir, _ = demo
-    (parsed,) = parse_flags([f"--flagfile={workdir}/flags.txt"])
-    assert parsed["workdir"] == workdir and parsed["steps"] == 40
-    assert parsed["keep_ratios"] == ["0.7", "0.49"] and parsed["lr"] == 0.02
-    result = run([f"--flagfile={workdir}/flags.txt"])  # finished: resumes at the end, re-exports
-    assert f"resuming {workdir} from step 40" in result.stdout
+    parsed = parse_flags([f"--flagfile={workdir}/flags.txt"])
+    assert parsed == parse_flags([*DEMO, f"--workdir={workdir}"])  # every flag, as given
+    assert parsed.workdir == workdir and parsed.steps == 40
+    assert parsed.keep_ratios == ("0.7", "0.49") and parsed.lr == 0.02
+    assert TrainConfig.from_argv([f"--flagfile={workdir}/flags.txt"]).to_flagfile() == \
+        open(f"{workdir}/flags.txt").read()
+    fit([f"--flagfile={workdir}/flags.txt"])  # finished: resumes at the end, re-evaluates
+    assert f"resuming {workdir} from step 40" in capsys.readouterr().out
 
 
 def test_one_step_on_two_replicas_equals_one_device(tmp_path):
@@ -222,7 +224,7 @@ def test_baselines_fine_tune_the_backbone_at_the_pruned_recipe_lr(tmp_path):
             "--steps=4", "--log_every=1", "--warmup_epochs=0", "--lr=0.01",
             "--backbone_lr_scale=0.5", "--min_lr=0", "--eval_examples=32",
             f"--workdir={tmp_path}"]
-    run(args)
+    fit(args)
     peak = 0.01 * 32 / 512  # per 512 images, scaled to batch 32
     logged = [m["lr"] for m in metrics(tmp_path) if "lr" in m]
     # SPViT's backbone rate: min(lr x backbone_lr_scale, the cosine at the same step).
@@ -234,9 +236,9 @@ def test_a_training_free_method_runs_with_no_training_step(tmp_path):
     """--epochs=0: the run evaluates the checkpoint with the method (ToMe needs no training),
     so the report finds it like any other run."""
     dense = tmp_path / "dense"
-    run([*TINY, *NO_AUG, "--mode=dense", "--steps=2", "--eval_examples=32", f"--workdir={dense}"])
+    fit([*TINY, *NO_AUG, "--mode=dense", "--steps=2", "--eval_examples=32", f"--workdir={dense}"])
     workdir = tmp_path / "tome"
-    run([*TINY, "--mode=tome", "--epochs=0", "--pruning_locations=1,2", "--keep_ratios=0.7,0.49",
+    fit([*TINY, "--mode=tome", "--epochs=0", "--pruning_locations=1,2", "--keep_ratios=0.7,0.49",
          f"--checkpoint={dense}/final/model.weights.h5", "--eval_examples=64",
          f"--workdir={workdir}"])
     result = json.loads((workdir / "final" / "eval.json").read_text())
@@ -252,7 +254,7 @@ def test_a_frozen_backbone_waits_then_learns_at_the_capped_rate(tmp_path):
             "--steps=4", "--log_every=1", "--warmup_epochs=0", "--lr=0.01", "--min_lr=0",
             "--backbone_lr_scale=0.5", "--freeze_backbone_steps=2", "--eval_examples=32",
             f"--workdir={tmp_path}"]
-    run(args)
+    fit(args)
     peak = 0.01 * 32 / 512
     logged = [m for m in metrics(tmp_path) if "lr" in m]
     cosine = [peak * 0.5 * (1 + math.cos(math.pi * step / 4)) for step in (1, 2, 3, 4)]
@@ -293,9 +295,11 @@ def test_a_nan_loss_stops_the_run_with_the_last_good_checkpoint(tmp_path):
     import tensorflow as tf
 
     workdir = tmp_path / "run"
-    result = run([*TINY, "--mode=dense", "--lr=1e30", "--warmup_epochs=0", "--steps=5",
-                  "--checkpoint_every=1", f"--workdir={workdir}"], check=False)
-    line = error_line(result)
+    with pytest.raises(SpvitError) as error:
+        fit([*TINY, "--mode=dense", "--lr=1e30", "--warmup_epochs=0", "--steps=5",
+             "--checkpoint_every=1", f"--workdir={workdir}"])
+    line = str(error.value)
+    assert "\n" not in line
     assert "the loss became nan at step 2" in line and "ckpt-1" in line and "--lr" in line
     checkpoints = workdir / "checkpoints"
     assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-1")
@@ -314,8 +318,8 @@ def test_every_config_parses():
 
     configs = sorted(glob.glob(str(REPO / "configs" / "*.cfg")))
     assert len(configs) == 3 + len(IMAGENET_CONFIGS)  # + CIFAR-10 demo, teacher and fine-tune
-    argvs = ([f"--flagfile={p}", "--workdir=unused"] for p in configs)  # the fine-tune has none
-    for path, flags in zip(configs, parse_flags(*argvs)):
+    for path in configs:  # the fine-tune has no --workdir
+        flags = dataclasses.asdict(parse_flags([f"--flagfile={path}", "--workdir=unused"]))
         options = dict(o.split("=") for o in flags["model_options"])
         options = {k: int(v) for k, v in options.items()}
         dense = model_cost(flags["model"], image_size=flags["image_size"], **options)
@@ -341,9 +345,9 @@ def test_every_config_parses():
 
 
 def test_cifar10_demo_config_runs(tmp_path):
-    result = run(["--flagfile=configs/cifar10_demo.cfg", "--steps=2", f"--workdir={tmp_path}",
+    result = fit(["--flagfile=configs/cifar10_demo.cfg", "--steps=2", f"--workdir={tmp_path}",
                   "--eval_examples=64"])
-    assert "keep ratios (inference)           0.631, 0.398" in result.stdout
+    assert result["step"] == 2 and result["keep_ratios"] == [0.631, 0.398]
 
 
 @pytest.fixture(scope="module")
@@ -435,18 +439,7 @@ def test_error_lines(tmp_path, demo):
     assert "Unknown command line flag 'top'" in line
 
 
-RESOLVE_PRUNING = """
-import json, sys
-from absl import flags
-from spvit_tf import train
-
-flags.FLAGS(["train", *json.loads(sys.argv[1])])
-train.check_flags()
-print(json.dumps(train.resolve_pruning(json.loads(sys.argv[2]), 3)))
-"""
-
-
-def test_keep_ratios_aligned_to_the_latency_steps_of_a_table(tmp_path):
+def test_keep_ratios_aligned_to_the_latency_steps_of_a_table(tmp_path, capsys):
     """A table whose blocks pay per started tile of 4 rows: keeping 8 of 16 patches puts
     1 + 8 + package = 10 tokens in blocks 1-2, two past a tile; both are dropped."""
     from spvit_tf import latency_table
@@ -466,30 +459,34 @@ def test_keep_ratios_aligned_to_the_latency_steps_of_a_table(tmp_path):
     path.write_text(json.dumps(table))
     argv = [*TINY, "--mode=spvit", "--pruning_locations=1", "--keep_ratios=0.5",
             f"--latency_table={path}", "--align_to_latency_steps=2", "--workdir=unused"]
-    result = run(["-c", RESOLVE_PRUNING, json.dumps(argv), json.dumps(options)], module=None)
-    assert "aligned to latency steps: keep_ratios=0.375 ((6,) tokens" in result.stdout
-    assert json.loads(result.stdout.splitlines()[-1])["keep_ratios"] == [0.375]
+    from spvit_tf.train_config import resolve_pruning
+
+    pruning = resolve_pruning(parse_flags(argv), dict(options), 3)
+    assert "aligned to latency steps: keep_ratios=0.375 ((6,) tokens" in capsys.readouterr().out
+    assert pruning["keep_ratios"] == [0.375]
 
     path.write_text(json.dumps({**table, "tflite_format": "int8"}))  # dense: 1.211 ms
     argv = [*TINY, "--mode=spvit", "--pruning_locations=1", "--budget_ms=1.1",
             f"--latency_table={path}", "--workdir=unused"]
-    result = run(["-c", RESOLVE_PRUNING, json.dumps(argv), json.dumps(options)], module=None)
-    assert "<= budget; dense 1.211 ms int8 on host)" in result.stdout, result.stdout
+    resolve_pruning(parse_flags(argv), dict(options), 3)
+    out = capsys.readouterr().out
+    assert "<= budget; dense 1.211 ms int8 on host)" in out, out
 
 
-def test_search_writes_a_schedule_that_parses_and_meets_the_budget(tmp_path):
+def test_search_writes_a_schedule_that_parses_and_meets_the_budget(tmp_path, capsys):
     from spvit_tf.flops import model_cost
 
     budget = 0.0004  # dense: 0.000468 GFLOPs
-    result = run([*TINY, "--mode=search", f"--budget_gflops={budget}", "--steps=8",
-                  "--eval_examples=64", f"--workdir={tmp_path}"])
+    fit([*TINY, "--mode=search", f"--budget_gflops={budget}", "--steps=8",
+         "--eval_examples=64", f"--workdir={tmp_path}"])
+    out = capsys.readouterr().out
     schedule = tmp_path / "schedule.cfg"
-    assert "searched schedule" in result.stdout and schedule.read_text() in result.stdout
+    assert "searched schedule" in out and schedule.read_text() in out
     assert json.load(open(tmp_path / "final" / "eval.json"))["layer_keep_ratios"]
-    (flags,) = parse_flags([*TINY, f"--flagfile={schedule}", "--workdir=unused"])
-    assert flags["mode"] == "spvit" and flags["keep_ratios"] and flags["budget_gflops"] is None
-    locations = [int(v) for v in flags["pruning_locations"]]
-    ratios = [float(v) for v in flags["keep_ratios"]]
+    flags = parse_flags([*TINY, f"--flagfile={schedule}", "--workdir=unused"])
+    assert flags.mode == "spvit" and flags.keep_ratios and flags.budget_gflops is None
+    locations = [int(v) for v in flags.pruning_locations]
+    ratios = [float(v) for v in flags.keep_ratios]
     assert len(locations) == len(ratios) and all(1 <= loc <= 2 for loc in locations)
     cost = model_cost("deit_tiny_patch16_224", image_size=32, patch_size=8, embed_dim=24, depth=3,
                       num_heads=2, num_classes=10,

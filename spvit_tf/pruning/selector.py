@@ -17,9 +17,8 @@ def headwise_dense(x, kernel, bias):
     times its own kernel (H, c, u), or a shared one (c, u), plus bias (H, u) or (u,).
 
     A grouped 1 x 1 convolution: TFLite CONV_2D with the bias fused, on the tokens' own
-    layout. A BATCH_MATMUL per head needs heads leading (transposes) and a separate bias ADD:
-    the selector of commit 86009f5 did that, 94 us against 77 us now for a DeiT-Ti selector
-    over 196 tokens with trained-like weights (fp32, 1 thread, this repo's x86 CI host).
+    layout, because a BATCH_MATMUL per head needs heads leading (transposes) and a separate
+    bias ADD, which is slower (benchmarks/pruning_overhead.py times the selector).
     """
     channels, units = kernel.shape[-2], kernel.shape[-1]
     heads = x.shape[-1] // channels
