@@ -66,7 +66,8 @@ from spvit_tf.tflite.convert import (FORMATS, IO_TYPES, QUANTIZED, SIGNATURE_FOR
 from spvit_tf.tflite.graph import Graph
 from spvit_tf.tflite.gpu import GPU_FORMATS, gpu_compatibility, gpu_twin
 from spvit_tf.tflite.runner import keras_logits, run_tflite
-from spvit_tf.workdir import FINAL_WEIGHTS, atomic_write, check_output_dir, read_run
+from spvit_tf.workdir import (FINAL_WEIGHTS, atomic_write, check_output_dir, read_run,
+                             run_identity)
 
 # Max |TFLite - Keras| logit difference of the float exports on the parity images: over all
 # images for fp32, over the median image for fp16, whose float16 weights can flip a near-tied
@@ -83,7 +84,8 @@ class Source:
     """The model to export and how its inputs look, from a workdir or from flags.
 
     `preprocessor`: the input contract (`spvit_tf.preprocessing.Preprocessor`); `data`: the
-    training data source (calibration and default evaluation data), None when unknown.
+    training data source (calibration and default evaluation data), None when unknown;
+    `run`: the training run's identity (`workdir.run_identity`), None for a bare model.
     """
 
     name: str
@@ -93,6 +95,7 @@ class Source:
     class_names: tuple | None
     preprocessor: Preprocessor
     data: str | None
+    run: dict | None = None
 
 
 def source_from_workdir(workdir, weights=None):
@@ -112,6 +115,7 @@ def source_from_workdir(workdir, weights=None):
         class_names=tuple(run["class_names"]) if run.get("class_names") else None,
         preprocessor=Preprocessor.from_run(run, f"{workdir}/run.json"),
         data=run.get("data"),
+        run=run_identity(workdir, run),
     )
 
 

@@ -2,9 +2,9 @@
 
     python -m spvit_tf.report --results=results/cifar10 [--readme=README.md]
 
-Reads every training workdir under `--results` (`run.json`, `flags.txt`, `final/eval.json`),
-the model cards of their `.tflite` exports (`--tflite_dirs`; a card names the weights it was
-exported from, which ties it to its run) and the host benchmark's `results.json`. Writes
+Reads every training workdir under `--results` (`run.json` with the run's identity,
+`final/eval.json`), the model cards of their `.tflite` exports (`--tflite_dirs`; a card
+carries its run's `run_id`, which ties it to the run) and the host benchmark's `results.json`. Writes
 `results.md` (the table) and `top1_vs_gflops.png` / `latency_vs_gflops.png` into `--results`,
 and `tflite_models/<results name>/README.md` (one row per shipped file); with `--readme`, the
 table replaces the part of that file between the results markers.
@@ -21,7 +21,8 @@ from absl import app, flags
 from spvit_tf.errors import SpvitError, first_line, parse_flags, run_cli
 from spvit_tf.stats import decode_correct, paired_bootstrap, seed_summary
 from spvit_tf.pruning.methods import get_method, method_names
-from spvit_tf.workdir import atomic_write, check_output_dir, check_output_file, read_json, read_run
+from spvit_tf.workdir import (atomic_write, check_output_dir, check_output_file, read_json, read_run,
+                              run_identity)
 
 BEGIN, END = "<!-- results:start -->", "<!-- results:end -->"
 # The dense teacher first, then the pruning methods in registry order, named and drawn as
@@ -49,15 +50,6 @@ class RunResult:
     latency_ms: dict = dataclasses.field(default_factory=dict)  # (format, threads) -> median
 
 
-def _flag_values(flagfile):
-    """{name: value} of a run's flags.txt (`--name=value` lines)."""
-    if not pathlib.Path(flagfile).is_file():
-        raise SpvitError(f"{flagfile} not found: the report reads each run's budget and seed "
-                         "there; restore it or rerun the training")
-    lines = pathlib.Path(flagfile).read_text(errors="replace").splitlines()
-    return dict(line[2:].split("=", 1) for line in lines if line.startswith("--") and "=" in line)
-
-
 def read_runs(results_dir):
     """RunResult per finished workdir directly under `results_dir`, teacher first."""
     runs = []
@@ -69,15 +61,14 @@ def read_runs(results_dir):
             raise SpvitError(f"{workdir} has not finished (no final/eval.json); finish or remove it")
         fix = "restore it or rerun the training"
         run, result = read_run(str(workdir)), read_json(eval_file, fix)
-        run_flags = _flag_values(workdir / "flags.txt")
         try:
-            budget, seed = run_flags.get("budget_gflops"), int(run_flags.get("seed", 0))
+            identity = run_identity(str(workdir), run)
             runs.append(RunResult(
-                name=workdir.name, method=run["mode"],
-                budget_gflops=float(budget) if budget else None,
+                name=identity["run_id"], method=identity["method"],
+                budget_gflops=(identity["budget"] or {}).get("gflops"),
                 gflops=result["gflops"], top1=result["eval_top1"],
                 examples=result["eval_examples"],
-                keep_ratios=tuple(result.get("keep_ratios", ())), seed=seed,
+                keep_ratios=tuple(result.get("keep_ratios", ())), seed=identity["seed"],
                 correct=(decode_correct(result["top1_correct"], result["eval_examples"])
                          if "top1_correct" in result else None),
                 eval_order=result.get("eval_order"),
@@ -104,7 +95,9 @@ def attach_exports(runs, tflite_dirs, bench_json=None):
             if not isinstance(card, dict) or card.get("format") != "spvit_tf.model_card.v1" \
                     or not card.get("weights"):
                 continue
-            workdir = pathlib.Path(card["weights"]).parent.parent.name
+            # The card's run identity; cards from before it name the run by its weights' path.
+            workdir = (card.get("run") or {}).get("run_id") or \
+                pathlib.Path(card["weights"]).parent.parent.name
             variant = card["export_format"] + ("_budgets" if card.get("signatures") else
                                                "_gpu" if card["graph"] != "as trained" else "")
             if workdir in by_workdir:

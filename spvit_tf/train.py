@@ -531,11 +531,16 @@ def describe_run(config, train_split):
     if pruning is not None:
         overrides["pruning"] = pruning
     size = full["image_size"]
+    budget = ({"gflops": config.budget_gflops} if config.budget_gflops is not None else
+              {"ms": config.budget_ms} if config.budget_ms is not None else None)
     run = json.loads(json.dumps({  # as run.json holds it (lists, not tuples), to compare
         "model": config.model, "model_config": overrides, "mode": config.mode,
         "data": config.data, "class_names": list(train_split.class_names),
         "preprocessing": Preprocessor(size if isinstance(size, int) else int(size[0]),
                                       config.crop_ratio).to_json(),
+        # Who the run is, for the report and the cards to join on (not paths or flagfiles).
+        "run_id": os.path.basename(os.path.normpath(config.workdir)), "method": config.mode,
+        "budget": budget, "seed": config.seed,
     }))
     if config.mode == "search":
         from spvit_tf.flops import model_cost

@@ -9,7 +9,8 @@ output-location checks of every CLI.
     <workdir>/final/model.weights.h5     final weights of the model `run.json` describes
 
 `run.json` holds `model` (registry name), `model_config` (the `create_model` overrides,
-pruning included), `class_names`, `preprocessing` (the input contract: image size, crop ratio
+pruning included), `run_id`, `method`, `budget` and `seed` (who the run is: `run_identity`),
+`class_names`, `preprocessing` (the input contract: image size, crop ratio
 and mean/std on their stated 0-1 scale, as `spvit_tf.preprocessing.Preprocessor.to_json` writes
 it; `Preprocessor.from_run` also reads the top-level keys earlier versions wrote) and `data`
 (the source spec). Files are written atomically.
@@ -154,6 +155,26 @@ def read_run(workdir):
     if not isinstance(run, dict):
         raise SpvitError(f"{path} is corrupt (not a JSON object); rerun training or restore it")
     return run
+
+
+def run_identity(workdir, run=None):
+    """{"run_id", "method", "budget", "seed"} of a training workdir: who the run is, for the
+    report and the model cards to join on. run.json holds them since `spvit_tf.train` wrote
+    them; for a workdir from before, the one legacy rule: its folder name, its mode, and
+    --budget_gflops/--budget_ms and --seed from its flags.txt."""
+    run = read_run(workdir) if run is None else run
+    if "run_id" in run:
+        return {key: run[key] for key in ("run_id", "method", "budget", "seed")}
+    flags = {}
+    flagfile = os.path.join(workdir, "flags.txt")
+    if os.path.isfile(flagfile):
+        with open(flagfile) as f:
+            flags = dict(line.strip()[2:].split("=", 1) for line in f
+                         if line.startswith("--") and "=" in line)
+    budget = ({"gflops": float(flags["budget_gflops"])} if flags.get("budget_gflops") else
+              {"ms": float(flags["budget_ms"])} if flags.get("budget_ms") else None)
+    return {"run_id": os.path.basename(os.path.normpath(workdir)), "method": run["mode"],
+            "budget": budget, "seed": int(flags.get("seed", 0))}
 
 
 def load_model(workdir, weights=None):

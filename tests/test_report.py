@@ -18,12 +18,19 @@ README = f"# title\n\nintro\n\n{report.BEGIN}\nold table\n{report.END}\n\ntail\n
 
 
 def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0, correct=None,
-             order="cifar10|examples=all|order=files"):
+             order="cifar10|examples=all|order=files", legacy=False):
+    """A finished workdir; `legacy`: as written before run.json held the run's identity
+    (budget and seed only in flags.txt), which the report still reads."""
     workdir = root / name
     (workdir / "final").mkdir(parents=True)
-    write_run(workdir, {"model": "deit_tiny_patch16_224", "model_config": {}, "mode": mode})
-    (workdir / "flags.txt").write_text(f"--mode={mode}\n--seed={seed}\n" + (
-        f"--budget_gflops={budget}\n" if budget else ""))
+    run = {"model": "deit_tiny_patch16_224", "model_config": {}, "mode": mode}
+    if legacy:
+        (workdir / "flags.txt").write_text(f"--mode={mode}\n--seed={seed}\n" + (
+            f"--budget_gflops={budget}\n" if budget else ""))
+    else:  # no flags.txt: the report joins on run.json's fields alone
+        run.update(run_id=name, method=mode, seed=seed,
+                   budget={"gflops": budget} if budget else None)
+    write_run(workdir, run)
     (workdir / "final" / "eval.json").write_text(json.dumps({
         "eval_top1": top1, "eval_examples": 10000, "gflops": gflops,
         **({"keep_ratios": list(ratios)} if ratios else {}),
@@ -38,6 +45,7 @@ def fake_card(folder, workdir, fmt, size, accuracy=None, graph="as trained"):
     (folder / f"{stem}.tflite").write_bytes(b"\0" * size)
     card = {"format": "spvit_tf.model_card.v1", "file": f"{stem}.tflite", "export_format": fmt,
             "graph": graph, "weights": str(workdir / "final" / "model.weights.h5"),
+            "run": {"run_id": workdir.name},
             "size_bytes": size,
             "evaluation": None if accuracy is None else {"tflite_accuracy": accuracy}}
     (folder / f"{stem}.json").write_text(json.dumps(card))
@@ -51,7 +59,8 @@ def results(tmp_path):
     teacher = fake_run(root, "teacher", "dense", 0.80, 0.0836)
     spvit = fake_run(root, "spvit_b050", "spvit", 0.7925, 0.0495, 0.05, (0.631, 0.398))
     fake_run(root, "evit_b050", "evit", 0.7712, 0.0499, 0.05, (0.664, 0.441))
-    fake_run(root, "spvit_b050_seed1", "spvit", 0.7810, 0.0495, 0.05, (0.631, 0.398), seed=1)
+    fake_run(root, "spvit_b050_seed1", "spvit", 0.7810, 0.0495, 0.05, (0.631, 0.398), seed=1,
+             legacy=True)
     ship = tmp_path / "ship"
     paths = [fake_card(ship, teacher, "fp32", 4_800_000), fake_card(ship, teacher, "int8", 1_300_000, 0.79),
              fake_card(ship, spvit, "fp32", 4_900_000), fake_card(ship, spvit, "fp32", 4_900_000,
@@ -214,3 +223,16 @@ def test_readme_results_are_the_committed_logs():
     assert (results / "results.md").read_text() == table
     assert (shipped / "README.md").read_text() == (
         report.FILES_HEADER.format(name="cifar10") + report.files_table(runs, shipped))
+
+
+def test_a_run_is_identified_by_run_json_or_by_the_legacy_flags_txt(tmp_path):
+    from spvit_tf.workdir import run_identity
+
+    new = fake_run(tmp_path, "a", "spvit", 0.7, 0.05, 0.05, seed=2)
+    old = fake_run(tmp_path, "b", "spvit", 0.7, 0.05, 0.05, seed=2, legacy=True)
+    assert not (new / "flags.txt").exists()
+    want = {"method": "spvit", "budget": {"gflops": 0.05}, "seed": 2}
+    assert run_identity(str(new)) == {"run_id": "a", **want}
+    assert run_identity(str(old)) == {"run_id": "b", **want}
+    dense = fake_run(tmp_path, "c", "dense", 0.8, 0.08, legacy=True)
+    assert run_identity(str(dense)) == {"run_id": "c", "method": "dense", "budget": None, "seed": 0}

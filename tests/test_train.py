@@ -158,6 +158,8 @@ def test_training_lowers_the_loss_and_fills_the_workdir(demo, tmp_path):
     run_json = json.load(open(os.path.join(workdir, "run.json")))
     assert run_json["model_config"]["pruning"]["keep_ratios"] == [0.7, 0.49]
     assert len(run_json["class_names"]) == 10 and run_json["preprocessing"]["image_size"] == 32
+    assert {k: run_json[k] for k in ("run_id", "method", "budget", "seed")} == {
+        "run_id": "run", "method": "spvit", "budget": None, "seed": 0}
 
     final = json.load(open(os.path.join(workdir, "final", "eval.json")))
     assert final["step"] == 40 and final["eval_examples"] == 1000

@@ -95,8 +95,8 @@ def model_card(*, stem, fmt, source, model, graph_name, content, graph, kind, ch
                tflite_metadata=None, gpu=None):
     """The JSON card of one exported file.
 
-    `source`: what was exported (`model_name`, `model_config`, `weights` and `preprocessor`,
-    as `spvit_tf.export.Source` holds them); `model`: the Keras model converted; `graph`: the
+    `source`: what was exported (`model_name`, `model_config`, `weights`, `preprocessor` and
+    the training `run`'s identity, as `spvit_tf.export.Source` holds them); `model`: the Keras model converted; `graph`: the
     file's `spvit_tf.tflite.graph.Graph`; `kind`: its serving input (`convert.IO_TYPES`).
     The input's "mean"/"std" are on the 0-255 pixel scale an app subtracts them at;
     "preprocessor" is the contract itself as run.json stores it (0-1 scale, named there).
@@ -115,6 +115,7 @@ def model_card(*, stem, fmt, source, model, graph_name, content, graph, kind, ch
         "family": type(model).family,
         "model_config": dict(source.model_config),
         "weights": source.weights,
+        "run": source.run,
         "pruning": config.get("pruning"),
         "tokens_per_block": list(cost.tokens_per_block),
         "gflops": cost.gflops,
