@@ -320,7 +320,7 @@ class Trainer:
 
 
 class Stopped(Exception):
-    """SIGTERM reached a run: it saved checkpoint `step` and stopped; the same config resumes."""
+    """SIGTERM reached a run: it saved `checkpoint` and stopped; the same config resumes."""
 
     def __init__(self, checkpoint):
         super().__init__(f"SIGTERM: saved {checkpoint}; rerun the same command to resume")

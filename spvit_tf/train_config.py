@@ -157,9 +157,6 @@ class TrainConfig:
                              else f"--{field.name}={value}")
         return "".join(f"{line}\n" for line in sorted(lines))
 
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
     # -- derived settings -------------------------------------------------------------------
     @property
     def learned(self):

@@ -96,10 +96,11 @@ def parse_flags(argv):
 
 
 def fit(args):
-    """`python -m spvit_tf.train *args`, in this process: the final evaluation dict."""
+    """`python -m spvit_tf.train *args`, in this process: the final evaluation dict (`fit`
+    checks the config itself)."""
     from spvit_tf import train
 
-    return train.fit(parse_flags(args))
+    return train.fit(TrainConfig.from_argv(args))
 
 
 def metrics(workdir):
@@ -465,7 +466,7 @@ def test_keep_ratios_aligned_to_the_latency_steps_of_a_table(tmp_path, capsys):
 
     pruning = resolve_pruning(parse_flags(argv), dict(options), 3)
     assert "aligned to latency steps: keep_ratios=0.375 ((6,) tokens" in capsys.readouterr().out
-    assert pruning["keep_ratios"] == [0.375]
+    assert list(pruning["keep_ratios"]) == [0.375]  # run.json holds it as a list
 
     path.write_text(json.dumps({**table, "tflite_format": "int8"}))  # dense: 1.211 ms
     argv = [*TINY, "--mode=spvit", "--pruning_locations=1", "--budget_ms=1.1",
