@@ -107,15 +107,16 @@ def source_from_workdir(workdir, weights=None):
     missing = sorted({"model", "model_config"} - set(run))
     if missing:
         raise SpvitError(f"{workdir}/run.json lacks {', '.join(missing)}; rerun training")
+    identity = run_identity(workdir, run)
     return Source(
-        name=os.path.basename(os.path.normpath(workdir)),
+        name=identity["run_id"],
         model_name=run["model"],
         model_config=dict(run["model_config"]),
         weights=weights,
         class_names=tuple(run["class_names"]) if run.get("class_names") else None,
         preprocessor=Preprocessor.from_run(run, f"{workdir}/run.json"),
         data=run.get("data"),
-        run=run_identity(workdir, run),
+        run=identity,
     )
 
 

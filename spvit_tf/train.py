@@ -520,6 +520,7 @@ def describe_run(config, train_split):
     (pruning resolved from the ratios or the budget), the classes and the preprocessing."""
     from spvit_tf.geometry import schedule_from_config
     from spvit_tf.models import model_config
+    from spvit_tf.workdir import run_name
 
     overrides = parse_model_options(config.model_options)
     overrides.update(num_classes=len(train_split.class_names), drop_path_rate=config.drop_path)
@@ -539,7 +540,7 @@ def describe_run(config, train_split):
         "preprocessing": Preprocessor(size if isinstance(size, int) else int(size[0]),
                                       config.crop_ratio).to_json(),
         # Who the run is, for the report and the cards to join on (not paths or flagfiles).
-        "run_id": os.path.basename(os.path.normpath(config.workdir)), "method": config.mode,
+        "run_id": run_name(config.workdir), "method": config.mode,
         "budget": budget, "seed": config.seed,
     }))
     if config.mode == "search":

@@ -157,6 +157,12 @@ def read_run(workdir):
     return run
 
 
+def run_name(workdir):
+    """A run's id as a new run.json records it: its workdir's folder name (trailing slash or
+    not), the one rule for every writer and for workdirs from before run_id existed."""
+    return os.path.basename(os.path.normpath(workdir))
+
+
 def run_identity(workdir, run=None):
     """{"run_id", "method", "budget", "seed"} of a training workdir: who the run is, for the
     report and the model cards to join on. run.json holds them since `spvit_tf.train` wrote
@@ -173,7 +179,7 @@ def run_identity(workdir, run=None):
                          if line.startswith("--") and "=" in line)
     budget = ({"gflops": float(flags["budget_gflops"])} if flags.get("budget_gflops") else
               {"ms": float(flags["budget_ms"])} if flags.get("budget_ms") else None)
-    return {"run_id": os.path.basename(os.path.normpath(workdir)), "method": run["mode"],
+    return {"run_id": run_name(workdir), "method": run["mode"],
             "budget": budget, "seed": int(flags.get("seed", 0))}
 
 

@@ -232,3 +232,15 @@ def test_cli_prices_a_pruned_model():
     assert "GFLOPs: 0.792" in result.stdout
     assert re.search(r"pruned/dense: 0\.63\d; selectors: 7\.30 MMACs \(0\.58% of the backbone\)",
                      result.stdout)
+
+
+def test_evit_scores_the_keys_entering_its_location():
+    """EViT's score reads the keys of the sequence entering the location (class token, the
+    patches and the packages earlier locations appended: what the block before it ran on),
+    not the package this step appends."""
+    from spvit_tf.pruning.methods.evit import class_attention_macs
+
+    cost = flops.model_cost("deit_tiny_patch16_224", pruning=dict(DEIT_SCHEDULE, method="evit"))
+    entering = [cost.tokens_per_block[block - 1] for block in DEIT_SCHEDULE["locations"]]
+    assert entering == [197, 1 + 137 + 1, 1 + 96 + 2]
+    assert list(cost.scorer_macs) == [class_attention_macs(n, 192) for n in entering]

@@ -66,7 +66,8 @@ os.makedirs(builder.data_dir)
 builder.info.write_to_directory(builder.data_dir)
 with tfds.testing.mock_data(num_examples=4, data_dir=data_dir,
                             policy=tfds.testing.MockPolicy.USE_FILES):
-    train.fit(TrainConfig.from_argv(argv))
+    config = TrainConfig.from_argv(argv)
+    train.print_summary(config, train.fit(config))
 """
 
 

@@ -30,9 +30,9 @@ class ClassAttentionSelection(SelectionMethod):
         )
 
     def scorer_macs(self, shape):
-        # Counted over the tokens after this location's step, its own package included: one
-        # key more than the score reads, kept so EViT's priced costs stay what they were.
-        tokens = shape.prefix + shape.patches_in + shape.packages_in + self.has_package
+        # The keys the score reads: the sequence entering the location (prefix, its patches
+        # and the packages earlier locations appended), not the package this step appends.
+        tokens = shape.prefix + shape.patches_in + shape.packages_in
         return class_attention_macs(tokens, shape.dim)
 
 
