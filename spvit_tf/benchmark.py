@@ -9,7 +9,7 @@ all of them run R times in turn and each row keeps the median of its per-round m
 shared or frequency-scaling host the load moves by several percent within minutes, and
 interleaving spreads that drift over every model instead of skewing one model's row.
 Results go to results.md/.csv/.json in the schema of `spvit_tf.bench_results`, shared with
-the phone runs of android_benchmark/run_benchmark.py. The first model is the dense reference:
+the phone runs of `spvit_tf.adb_benchmark`. The first model is the dense reference:
 with two models, or with FLOPs known (--flops or a `<model>.json` card with "gflops"), the
 table ends with each later model's latency ratio next to its FLOPs ratio and their quotient.
 A model the runtime cannot run (an empty, truncated or corrupted file) becomes a failed row

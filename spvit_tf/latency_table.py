@@ -24,8 +24,8 @@ of each stage as well, and each stage's in-model excess per block is added to it
 Timing reuses the benchmarks: on the host `spvit_tf.benchmark.measure` (LiteRT's default CPU
 backend, XNNPACK) in one fresh process, all graphs --rounds times interleaved, keeping each
 graph's median of per-round medians (a load burst on a shared machine then hits one round of
-many graphs, not one graph); over adb android_benchmark/run_benchmark.py's `benchmark_model`
-(cpu backend), with the same meaning of --num_threads, --runs and --warmup.
+many graphs, not one graph); over adb `spvit_tf.adb_benchmark`'s `benchmark_model` (cpu
+backend), with the same meaning of --num_threads, --runs and --warmup.
 
 Output (`spvit_tf.latency_table.v1`, read by `load_latency_table`):
 
@@ -67,7 +67,6 @@ PACKAGE_ROOM = 4
 # Export formats a table can be timed in: what a phone's CPU runs (fpga_int8 is for FPGA
 # flows; int16x8 runs on reference kernels).
 FORMATS = ("fp32", "fp16", "dynamic", "int8")
-RUN_BENCHMARK = pathlib.Path(__file__).resolve().parents[1] / "android_benchmark/run_benchmark.py"
 
 
 # ---- the table format ----
@@ -367,11 +366,11 @@ def time_host(paths, num_threads=1, runs=50, warmup=10, rounds=3):
 
 
 def time_adb(paths, serial, num_threads, runs, warmup, binary=None, adb=None):
-    """{stem: median ms}, device, serial: android_benchmark/run_benchmark.py over adb (cpu)."""
-    if not RUN_BENCHMARK.is_file():
-        raise SpvitError(f"{RUN_BENCHMARK} not found: adb tables need a source checkout")
+    """{stem: median ms}, device, serial: `spvit_tf.adb_benchmark` over adb (cpu), in its own
+    process (its flags and output stay apart from ours)."""
     with tempfile.TemporaryDirectory() as out:
-        command = [sys.executable, str(RUN_BENCHMARK), f"--models={','.join(map(str, paths))}",
+        command = [sys.executable, "-m", "spvit_tf.adb_benchmark",
+                   f"--models={','.join(map(str, paths))}",
                    "--backends=cpu", f"--num_threads={num_threads}", f"--runs={runs}",
                    f"--warmup_runs={warmup}", f"--output_dir={out}"]
         command += [f"--serial={serial}"] if serial else []

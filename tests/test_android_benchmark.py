@@ -1,4 +1,5 @@
-"""android_benchmark/run_benchmark.py against a fake adb that keeps a fake phone in tmp_path.
+"""spvit_tf.adb_benchmark (and its checkout entry android_benchmark/run_benchmark.py) against a
+fake adb that keeps a fake phone in tmp_path.
 
 The fake logs every invocation, so the tests pin the exact adb commands (pushes, flags per
 backend and thread count, cleanup, no pull) as well as the parsed numbers and the failures.
@@ -8,6 +9,7 @@ import csv
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -18,7 +20,8 @@ import pytest
 from spvit_tf import bench_results
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "android_benchmark" / "run_benchmark.py"
+MODULE = ("-m", "spvit_tf.adb_benchmark")
+SCRIPT = (str(REPO / "android_benchmark" / "run_benchmark.py"),)  # the thin checkout entry
 REMOTE = "/data/local/tmp/spvit_bench"
 BINARY = f"{REMOTE}/benchmark_model"
 
@@ -161,18 +164,20 @@ def phone(tmp_path):
         FAKE_ADB_LOG=str(tmp_path / "adb.log"),
         FAKE_ADB_ROOT=str(tmp_path / "device"),
         FAKE_ADB_DEVICES="EMU01:device",
+        # The spvit_tf of this checkout, also where another one is installed (editable or not).
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
     out = tmp_path / "out"
 
-    def run(*flags, cwd=REPO, python=(sys.executable,)):
+    def run(*flags, cwd=REPO, entry=MODULE, output_dir=out, binary_flag=True):
         args = [
             f"--models={models / 'dense.tflite'},{models / 'pruned.tflite'}",
-            f"--benchmark_binary={binary}",
-            f"--output_dir={out}",
+            *([f"--benchmark_binary={binary}"] if binary_flag else []),
+            f"--output_dir={output_dir}",
             *flags,
         ]
         return subprocess.run(
-            [*python, str(SCRIPT), *args], cwd=cwd, env=env, capture_output=True, text=True
+            [sys.executable, *entry, *args], cwd=cwd, env=env, capture_output=True, text=True
         )
 
     def calls():
@@ -346,19 +351,80 @@ def test_an_output_dir_that_cannot_be_created_stops_before_adb(phone):
     assert phone.calls() == [] and blocker.read_text() == "a file"
 
 
-def test_serial_picks_one_of_several_devices_and_runs_from_elsewhere(phone):
+@pytest.mark.parametrize("entry", [MODULE, SCRIPT], ids=["module", "script"])
+def test_serial_picks_one_of_several_devices_and_runs_from_elsewhere(phone, entry):
     phone.env["FAKE_ADB_DEVICES"] = "EMU01:device,R5CT:device"
-    result = phone.run("--backends=cpu", "--num_threads=1", "--serial=R5CT", cwd=phone.root)
+    result = phone.run("--backends=cpu", "--num_threads=1", "--serial=R5CT", cwd=phone.root,
+                       entry=entry)
     assert result.returncode == 0, result.stderr
     assert all(c[:2] == ["-s", "R5CT"] for c in phone.calls()[1:])
+    _, _, meta = bench_results.read_results(phone.out / "results.json")
+    assert meta["tool"] == "spvit_tf.adb_benchmark"
 
 
-def test_runs_without_spvit_tf_installed(phone):
-    """From a plain checkout the script finds spvit_tf beside itself."""
-    site = pathlib.Path(__import__("absl").__file__).parents[1]
-    phone.env["PYTHONPATH"] = str(site)  # absl, but with -S no .pth: no installed spvit_tf
-    result = phone.run("--backends=cpu", "--num_threads=1", python=(sys.executable, "-S"))
+def test_default_binary_next_to_the_script_or_under_the_current_folder(phone):
+    """Without --benchmark_binary the checkout's script looks beside itself (a copy of it
+    here) and `python -m` in the current folder and its android_benchmark/."""
+    script = phone.root / "checkout" / "android_benchmark" / "run_benchmark.py"
+    script.parent.mkdir(parents=True)
+    shutil.copy(SCRIPT[0], script)
+    shutil.copy(phone.binary, script.parent / "android_aarch64_benchmark_model")
+    flags = ("--backends=cpu", "--num_threads=1")
+    result = phone.run(*flags, cwd=phone.root, entry=(str(script),), binary_flag=False)
     assert result.returncode == 0, result.stderr
+    assert [c[3] for c in phone.calls() if c[2:3] == ["push"]][0] == str(
+        script.parent / "android_aarch64_benchmark_model")
+    result = phone.run(*flags, cwd=script.parents[1], binary_flag=False)
+    assert result.returncode == 0, result.stderr
+    result = phone.run(*flags, cwd=script.parent, binary_flag=False)
+    assert result.returncode == 0, result.stderr
+    empty = (phone.root / "empty").resolve()
+    empty.mkdir()
+    result = phone.run(*flags, cwd=empty, binary_flag=False)
+    assert result.returncode == 2 and "benchmark_model not found at" in result.stderr
+    assert str(empty / "android_benchmark" / "benchmark_model") in result.stderr
+
+
+def test_a_plain_install_runs_from_any_directory(phone, tmp_path):
+    """A non-editable `pip install .` carries the benchmark: with only the installed copy on
+    the path and an unrelated working folder, `python -m spvit_tf.adb_benchmark`, the
+    checkout's thin script and latency_table's adb timing all run."""
+    source = tmp_path / "source"  # a copy: the build's build/ and egg-info stay out of the tree
+    source.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "spvit_tf", source / "spvit_tf",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    site = tmp_path / "site"
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--no-index", "--target", str(site), str(source)],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert install.returncode == 0, install.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    phone.env["PYTHONPATH"] = str(site)  # dependencies from this environment's site-packages
+
+    def python(*args):
+        return subprocess.run([sys.executable, *args], cwd=elsewhere, env=phone.env,
+                              capture_output=True, text=True)
+
+    # The installed copy, not this checkout or an editable install, is what runs.
+    where = python("-c", "import spvit_tf.adb_benchmark as m; print(m.__file__)")
+    assert where.returncode == 0, where.stderr
+    assert pathlib.Path(where.stdout.strip()).is_relative_to(site), where.stdout
+    for name, entry in (("module", MODULE), ("script", SCRIPT)):
+        result = phone.run("--backends=cpu", "--num_threads=1", cwd=elsewhere, entry=entry,
+                           output_dir=tmp_path / name)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+        assert (tmp_path / name / "results.json").is_file()
+    timed = python("-c", "import pathlib, sys; from spvit_tf.latency_table import time_adb; "
+                   "print(time_adb([pathlib.Path(sys.argv[1])], None, 1, 5, 1, *sys.argv[2:])[0])",
+                   str(phone.models / "dense.tflite"), str(phone.binary),
+                   phone.env["PATH"] + "/adb")
+    assert timed.returncode == 0, timed.stderr
+    assert timed.stdout.strip() == "{'dense': 39.9}"
 
 
 def test_explicit_adb_path(phone):

@@ -365,7 +365,10 @@ class Outcome:
 def run_case(case, inputs, out):
     """Runs `case` once; `out` is an empty folder for whatever the case may write."""
     before = tree(inputs.root)
-    result = subprocess.run([sys.executable, *case.argv(inputs, out)], cwd=REPO, env=ENV,
+    # PYTHONPATH: the adb script (not `-m`) imports this checkout's spvit_tf too, not another
+    # installed one.
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), ENV.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, *case.argv(inputs, out)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600)
     after = tree(inputs.root)
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))

@@ -191,6 +191,9 @@ def test_adb_target_times_through_the_phone_benchmark(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_ADB_LOG", str(tmp_path / "adb.log"))
     monkeypatch.setenv("FAKE_ADB_ROOT", str(tmp_path / "device"))
     monkeypatch.setenv("FAKE_ADB_DEVICES", "EMU01:device")
+    # The child `python -m spvit_tf.adb_benchmark` imports this checkout's package.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     paths = [tmp_path / "stage0_block_5.tflite", tmp_path / "head.tflite"]
     for path in paths:
         path.write_bytes(b"model")

@@ -4,7 +4,7 @@ The question a profile answers is "why is my pruned model not as fast as its FLO
 the milliseconds go, by op type and by the part of the network an op belongs to. Two sources,
 one parser:
 
-- the phone: `android_benchmark/run_benchmark.py --op_profiling` runs the phone build of
+- the phone: `python -m spvit_tf.adb_benchmark --op_profiling` runs the phone build of
   `benchmark_model` with `--enable_op_profiling=true`;
 - the host: `python -m spvit_tf.benchmark --profile --benchmark_model=PATH` runs a host build
   of the same tool. The LiteRT Python interpreter (`ai_edge_litert` 2.3) has no per-op profiler
