@@ -72,8 +72,7 @@ def token_distillation_loss(student_tokens, teacher_tokens, token_mask=None):
 
     No gradient reaches the selectors through the mask (DynamicViT indexes with the boolean
     mask): otherwise the cheapest way to lower this term is to keep the tokens easiest to
-    match, background, and drop the object (measured: the first CIFAR-10 selector kept the
-    border and dropped the centre).
+    match, background, and drop the object.
     """
     student, teacher = _f32(student_tokens), ops.stop_gradient(_f32(teacher_tokens))
     if tuple(student.shape[1:]) != tuple(teacher.shape[1:]):
