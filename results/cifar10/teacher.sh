@@ -10,7 +10,8 @@
 #   bash results/cifar10/teacher.sh snapshot  # the latest checkpoint -> results/snapshots/cifar10_teacher
 #                                             # (replacing the previous one; commit it)
 #   bash results/cifar10/teacher.sh finish    # a finished run's logs and weights -> results/cifar10/teacher;
-#                                             # the runs built on the previous teacher are removed
+#                                             # the runs and shipped files built on the previous
+#                                             # teacher are removed
 # TEACHER_WORKDIR overrides the workdir (default /work/runs/cifar10_teacher).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -74,6 +75,9 @@ case ${1:-} in
     for stale in results/cifar10/*/; do
       [[ $stale == "$FINAL/" ]] && continue
       rm -rf "$stale"; echo "removed stale $stale"
-    done ;;
+    done
+    # The shipped files too (run.sh exports the new teacher and main SPViT run again; the main
+    # run's name follows its budget, so the old one's files would otherwise stay behind).
+    rm -f tflite_models/cifar10/cifar10_*; echo "removed the shipped exports of the previous teacher" ;;
   *) echo "usage: bash results/cifar10/teacher.sh start|status|stop|snapshot|finish" >&2; exit 2 ;;
 esac
