@@ -71,8 +71,8 @@ class BenchResult:
 
     @property
     def name(self):
-        """How tables name the model: `<model>`, or `<model> [<signature>]` for a signature."""
-        return f"{self.model} [{self.signature}]" if self.signature else self.model
+        """How tables, comparisons and FLOPs maps name the run: `row_name`."""
+        return row_name(self.model, self.signature)
 
     @property
     def label(self):
@@ -89,6 +89,19 @@ class BenchResult:
         if self.median_ms is not None:
             return "median_ms", self.median_ms
         return "mean_ms", self.mean_ms
+
+
+def row_name(model, signature=""):
+    """`<model>`, or `<model> [<signature>]` for a run of one signature of a file with several:
+    the one name of a timed graph, so several signatures of one file stay apart."""
+    return f"{model} [{signature}]" if signature else model
+
+
+def signature_keys(signatures, model):
+    """The signature keys to run of `model` from a {model: key or [keys]} map: [""] (the
+    file's first subgraph) when it has none."""
+    value = (signatures or {}).get(model, "")
+    return [value] if isinstance(value, str) else list(value)
 
 
 FIELDS = [field.name for field in dataclasses.fields(BenchResult) if field.name != "profile"]
@@ -122,16 +135,17 @@ def compare(rows, dense, pruned, dense_gflops=None, pruned_gflops=None):
     """Latency ratio next to FLOPs ratio for every condition both models ran under.
 
     Only successful rows are paired; both sides use the median when both have it, else the
-    mean, so that Android builds without percentiles still compare.
+    mean, so that Android builds without percentiles still compare. `dense` and `pruned` are
+    row names (`row_name`: the model, with its signature for a signature run).
     """
     flops_ratio = None
     if dense_gflops and pruned_gflops is not None:
         flops_ratio = pruned_gflops / dense_gflops
-    pruned_rows = {r.key: r for r in rows if r.model == pruned and r.status == "ok"}
+    pruned_rows = {r.key: r for r in rows if r.name == pruned and r.status == "ok"}
     comparisons = []
     for dense_row in rows:
         pruned_row = pruned_rows.get(dense_row.key)
-        if dense_row.model != dense or dense_row.status != "ok" or pruned_row is None:
+        if dense_row.name != dense or dense_row.status != "ok" or pruned_row is None:
             continue
         metric = "median_ms"
         if dense_row.median_ms is None or pruned_row.median_ms is None:
@@ -160,14 +174,16 @@ def compare(rows, dense, pruned, dense_gflops=None, pruned_gflops=None):
 
 def cli_comparisons(rows, models, gflops, flops_given):
     """What both CLIs print after the table: with exactly two models (dense, pruned) or with
-    FLOPs given on the command line, every later model against the first; else nothing."""
+    FLOPs given on the command line, every later model against the first; else nothing. A
+    file timed at several signatures is one model per signature (`row_name`)."""
     if len(models) != 2 and not flops_given:
         return []
-    return compare_to_first(rows, [model.stem for model in models], gflops)
+    return compare_to_first(rows, list(dict.fromkeys(row.name for row in rows)), gflops)
 
 
 def compare_to_first(rows, names, gflops):
-    """Every later model against the first one (the dense reference)."""
+    """Every later model against the first one (the dense reference); `names` and `gflops`'s
+    keys are row names (`row_name`)."""
     dense = names[0]
     return [
         comparison
@@ -262,11 +278,13 @@ def failure_line(rows, output_dir):
 
 
 def model_gflops(models, flops_flag=(), signatures=None):
-    """{model name: GFLOPs} from --flops=name:gflops entries, else each model's card.
+    """{row name: GFLOPs} from --flops=name:gflops entries, else each model's card.
 
     The card is the exporter's `<model>.json` beside the .tflite; without one (or without a
     "gflops" key) the model simply has no FLOPs and comparisons show latency only. For a model
-    run at a signature (`signatures`: {model: key}) it is that signature's entry of the card.
+    run at signatures (`signatures`: {model: key or [keys]}) each is named `row_name(model,
+    key)` and takes that signature's entry of the card; a --flops entry names the file and
+    holds for each of its signatures.
     """
     given = {}
     for entry in flops_flag:
@@ -283,24 +301,24 @@ def model_gflops(models, flops_flag=(), signatures=None):
         raise SpvitError(f"--flops names {unknown} match no model in --models ({sorted(names)})")
     gflops = {}
     for model in models:
+        keys = signature_keys(signatures, model)
         if model.stem in given:
-            gflops[model.stem] = given[model.stem]
+            gflops.update({row_name(model.stem, key): given[model.stem] for key in keys})
             continue
         card = model.with_suffix(".json")
         if not card.is_file():
             continue
         try:
             document = json.loads(card.read_text(encoding="utf-8"))
-            signature = (signatures or {}).get(model)
-            if signature and signature in (document.get("signatures") or {}):
-                document = document["signatures"][signature]
-            value = document.get("gflops")
+            entries = document.get("signatures") or {}
+            values = {key: (entries[key] if key in entries else document).get("gflops")
+                      for key in keys}
         except (json.JSONDecodeError, AttributeError) as error:
             raise SpvitError(
                 f"model card {card} is not a JSON object ({error}); fix or remove it"
             ) from None
-        if value is not None:
-            gflops[model.stem] = float(value)
+        gflops.update({row_name(model.stem, key): float(value)
+                       for key, value in values.items() if value is not None})
     return gflops
 
 
@@ -419,6 +437,31 @@ def write_results(output_dir, rows, comparisons=(), meta=None):
     for ext, text in texts.items():
         atomic_write(paths[ext], text)
     return paths
+
+
+def merge_results(earlier, now):
+    """(rows, comparisons, meta) of the results `earlier` with the run `now` added (each a
+    (rows, comparisons, meta) triple), for a benchmark that times a few files into the results
+    of a larger one: a row of `now` replaces the earlier row of the same model, signature,
+    target, backend and thread count, in place, and the rest of `now` follows; earlier
+    comparisons that involve a row timed again are dropped. The meta is `now`'s, with both
+    runs' FLOPs, `timed` (the rows this run timed) and `earlier_runs` (every earlier run's
+    meta, oldest first), so that the file still says which rows were timed when."""
+    (old_rows, old_comparisons, old_meta), (new_rows, new_comparisons, new_meta) = earlier, now
+
+    def same(row):
+        return (row.model, row.signature, row.target, row.backend, row.num_threads)
+
+    fresh = {same(row): row for row in new_rows}
+    rows = [fresh.pop(same(row), row) for row in old_rows] + list(fresh.values())
+    timed = {row.name for row in new_rows}
+    comparisons = [c for c in old_comparisons if c.dense not in timed and c.pruned not in timed]
+    old_meta = dict(old_meta)
+    meta = {**new_meta,
+            "gflops": {**(old_meta.get("gflops") or {}), **(new_meta.get("gflops") or {})},
+            "timed": [row.label for row in new_rows],
+            "earlier_runs": old_meta.pop("earlier_runs", []) + [old_meta]}
+    return rows, comparisons + list(new_comparisons), meta
 
 
 def read_results(path):

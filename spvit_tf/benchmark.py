@@ -23,8 +23,17 @@ after the timed runs, in its own invokes, so it does not slow the timings.
 
 --signature=KEY times signature KEY of the files that have several (one file, several token
 budgets: `export --budgets`); a file with one graph, such as the dense reference, runs that
-graph, so one budget compares with its reference in one run. A signature call includes the
-runner's input and output copies, which a plain invoke leaves out.
+graph, so one budget compares with its reference in one run. --all_signatures instead times
+every signature of such files, one row each (`<model> [<key>]`), interleaved with the other
+rows like any model, so one run covers every budget of a multi-budget file next to the
+one-graph files. A signature call includes the runner's input and output copies, which a
+plain invoke leaves out.
+
+--merge adds this run's rows to the results already in --output_dir (`bench_results.
+merge_results`: a row timed again replaces its old one, the others stay, and the meta records
+which rows each run timed), e.g. to time a newly exported file without timing again files
+that are no longer at hand. Rows of different runs were not interleaved: compare them with
+care, and the run says so when they name different devices.
 """
 
 import concurrent.futures
@@ -168,18 +177,20 @@ def combine_rounds(results):
 def run_all(models, threads, backends, runs, warmup, seed, rounds=1, signatures=None):
     """One row per model x backend x thread count, each timed in `rounds` interleaved rounds
     (round r uses input seed `seed + r`); a failing model gives a failed row. `signatures`:
-    {model: signature key} of the models to run a signature of (`resolve_signatures`)."""
+    {model: signature key, or a list of keys} of the models to run signatures of
+    (`resolve_signatures`, `every_signature`); a model gets rows for each of its keys."""
     device = host_description()
     context = multiprocessing.get_context("spawn")
     rows, results = [], []
     for model in models:
-        for backend in backends:
-            for num_threads in threads:
-                rows.append(bench_results.BenchResult.for_model(
-                    model, target="host", device=device, backend=backend, num_threads=num_threads,
-                    signature=(signatures or {}).get(model, ""),
-                ))
-                results.append([])
+        for signature in bench_results.signature_keys(signatures, model):
+            for backend in backends:
+                for num_threads in threads:
+                    rows.append(bench_results.BenchResult.for_model(
+                        model, target="host", device=device, backend=backend,
+                        num_threads=num_threads, signature=signature,
+                    ))
+                    results.append([])
     for round_ in range(rounds):
         for row, done in zip(rows, results):
             if row.status != "ok":
@@ -266,11 +277,31 @@ def resolve_signatures(models, signature):
     return resolved
 
 
+def every_signature(models):
+    """{model: its signature keys in the file's order} of the files with several signatures,
+    for --all_signatures (module doc); a file with one graph runs it, and a file the runtime
+    cannot load is left to its failed row."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    resolved = {}
+    for model in models:
+        try:
+            keys = list(Interpreter(model_path=str(model)).get_signature_list())
+        except Exception:  # a broken file: `measure` records why in its row
+            continue
+        if len(keys) > 1:
+            resolved[model] = keys
+    return resolved
+
+
 def main(argv):
     if len(argv) > 1:
         raise SpvitError(f"unexpected arguments {argv[1:]}; pass options as --name=value")
     models = bench_results.check_models(FLAGS.models)
     signature = bench_results.check_signature(FLAGS.signature)
+    if signature and FLAGS.all_signatures:
+        raise SpvitError(f"pass --signature={signature} (one signature) or --all_signatures "
+                         "(every signature), not both")
     threads = bench_results.parse_threads(FLAGS.num_threads)
     unknown = sorted(set(FLAGS.backends) - set(BACKENDS))
     if unknown or not FLAGS.backends:
@@ -280,8 +311,12 @@ def main(argv):
     if not FLAGS.output_dir:
         raise SpvitError("pass --output_dir=DIR for results.md/.csv/.json")
     check_output_dir(FLAGS.output_dir, "--output_dir")
+    earlier_path = pathlib.Path(FLAGS.output_dir) / "results.json"
+    earlier = (bench_results.read_results(earlier_path)  # a damaged file fails before timing
+               if FLAGS.merge and earlier_path.is_file() else None)
     profiler = check_profiler(FLAGS.benchmark_model) if FLAGS.profile else None
-    signatures = resolve_signatures(models, signature)
+    signatures = (every_signature(models) if FLAGS.all_signatures
+                  else resolve_signatures(models, signature))
     gflops = bench_results.model_gflops(models, FLAGS.flops, signatures)
 
     rows = run_all(models, threads, FLAGS.backends, FLAGS.runs, FLAGS.warmup, FLAGS.seed,
@@ -300,14 +335,24 @@ def main(argv):
         "rounds": FLAGS.rounds,
         "seed": FLAGS.seed,
         "signature": signature,
+        "all_signatures": FLAGS.all_signatures,
         "gflops": gflops,
     }
     if profiler:
         meta["profiler"] = str(profiler)
+    timed = rows
+    if earlier:
+        rows, comparisons, meta = bench_results.merge_results(earlier, (rows, comparisons, meta))
     paths = bench_results.write_results(FLAGS.output_dir, rows, comparisons, meta)
     print(bench_results.format_markdown(rows, comparisons), end="")
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
-    failed = bench_results.failure_line(rows, FLAGS.output_dir)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}"
+          + (f" ({len(timed)} rows timed now, merged with {len(rows) - len(timed)} earlier ones)"
+             if earlier else ""))
+    devices = sorted({row.device for row in rows if row.target == "host"})
+    if earlier and len(devices) > 1:
+        print(f"note: {earlier_path} now holds host rows of {len(devices)} devices "
+              f"({'; '.join(devices)}); compare rows of one device only", file=sys.stderr)
+    failed = bench_results.failure_line(timed, FLAGS.output_dir)
     if unprofiled:
         failed = failed or (f"error: {len(unprofiled)} run(s) have no op profile: "
                             f"{'; '.join(unprofiled)}")
@@ -339,6 +384,10 @@ def _define_flags():
                         "for --profile (e.g. linux_x86-64_benchmark_model).")
     flags.DEFINE_string("signature", "", "Signature key to time in files with several "
                         "(export --budgets), e.g. keep_0.4; files with one graph run it.")
+    flags.DEFINE_bool("all_signatures", False, "Time every signature of files with several "
+                      "(export --budgets), one row each; files with one graph run it.")
+    flags.DEFINE_bool("merge", False, "Add the rows to --output_dir's results.json (a row "
+                      "timed again replaces its old one) instead of replacing the file.")
     flags.DEFINE_bool("allow_failures", False, "Exit 0 even when a run failed (its row still "
                       "records the error); by default any failed run is exit status 1.")
 

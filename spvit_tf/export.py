@@ -341,9 +341,8 @@ def _export_budgets(fmt, model, source, options, checked, class_names, single):
     atomic_write(path, content, mode="wb")
     if options.latency_runs:
         model_path = pathlib.Path(path)
-        rows = [row for key in signatures for row in benchmark.run_all(
-            [model_path], [1], ["cpu"], options.latency_runs, 10, 0,
-            signatures={model_path: key})]
+        rows = benchmark.run_all([model_path], [1], ["cpu"], options.latency_runs, 10, 0,
+                                 signatures={model_path: list(signatures)})
         for key, row in zip(signatures, rows):
             signatures[key]["host_latency"] = {
                 "device": row.device, "backend": row.backend, "threads": row.num_threads,

@@ -6,8 +6,10 @@ Reads every training workdir under `--results` (`run.json` with the run's identi
 `final/eval.json`), the model cards of their `.tflite` exports (`--tflite_dirs`; a card
 carries its run's `run_id`, which ties it to the run) and the host benchmark's `results.json`. Writes
 `results.md` (the table) and `top1_vs_gflops.png` / `latency_vs_gflops.png` into `--results`,
-and `tflite_models/<results name>/README.md` (one row per shipped file); with `--readme`, the
-table replaces the part of that file between the results markers.
+and `tflite_models/<results name>/README.md` (one row per shipped file, and one per signature
+of a file with several token budgets); with `--readme`, the table replaces the part of that
+file between the results markers. A multi-budget file's host latency is the benchmark's row
+for each signature (`benchmark --all_signatures`).
 Nothing is measured here: a missing log is a clear error or an empty cell, never a number.
 """
 
@@ -47,7 +49,8 @@ class RunResult:
     correct: object = None  # per-image top-1 correctness (numpy bool), where eval.json has it
     eval_order: str | None = None  # which images `correct` covers, in which order (stats.eval_order)
     tflite: dict = dataclasses.field(default_factory=dict)  # format -> card
-    latency_ms: dict = dataclasses.field(default_factory=dict)  # (format, threads) -> median
+    # (variant, threads) -> median; a multi-budget file's: (variant, threads, signature)
+    latency_ms: dict = dataclasses.field(default_factory=dict)
 
 
 def read_runs(results_dir):
@@ -87,7 +90,8 @@ def read_runs(results_dir):
 
 
 def attach_exports(runs, tflite_dirs, bench_json=None):
-    """Adds each run's export cards and benchmark medians (CPU backend) to `runs`."""
+    """Adds each run's export cards and benchmark medians (CPU backend) to `runs`; a row of a
+    multi-budget file counts for its signature (a plain invoke runs subgraph 0)."""
     by_workdir = {r.name: r for r in runs}
     for folder in tflite_dirs:
         for card_file in sorted(pathlib.Path(folder).glob("*.json")):
@@ -109,8 +113,14 @@ def attach_exports(runs, tflite_dirs, bench_json=None):
         for run in runs:
             for variant, card in run.tflite.items():
                 stem = pathlib.Path(card["file"]).stem
+                signatures = card.get("signatures")
                 for row in rows:
-                    if row.model == stem and row.backend == "cpu" and row.status == "ok":
+                    if row.model != stem or row.backend != "cpu" or row.status != "ok":
+                        continue
+                    if signatures:
+                        key = row.signature or next(iter(signatures))
+                        run.latency_ms[(variant, row.num_threads, key)] = row.median_ms
+                    elif not row.signature:
                         run.latency_ms[(variant, row.num_threads)] = row.median_ms
     return runs
 
@@ -179,9 +189,9 @@ def seeds_table(runs):
 
 def results_markdown(runs):
     """What results.md and the README's results section hold: the run table, then the seeds
-    table when there is one."""
-    seeds = seeds_table(runs)
-    return markdown_table(runs) + ("\n" + seeds if seeds else "")
+    table and the multi-budget files' table when there are any."""
+    parts = [markdown_table(runs), seeds_table(runs), budgets_table(runs)]
+    return "\n".join(part for part in parts if part)
 
 
 FILES_HEADER = """# {name}: shipped `.tflite` files
@@ -202,16 +212,18 @@ of Kotlin that load a file with MediaPipe's `ImageClassifier` or LiteRT's `Compi
 """
 
 
+def _in(card, folder):
+    return pathlib.Path(card["path"]).parent.resolve() == pathlib.Path(folder).resolve()
+
+
 def files_table(runs, folder):
-    """Markdown of every card in `folder` (the shipped files) with its logged numbers."""
+    """Markdown of every card in `folder` (the shipped files) with its logged numbers: one
+    row per file with one graph, then `budgets_table` for the files with several."""
     lines = ["| file | run | format | graph | MB | top-1 | agreement | ms 1T / 2T | GPU fallback |",
              "|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for variant, card in sorted(run.tflite.items()):
-            if pathlib.Path(card["path"]).parent.resolve() != pathlib.Path(folder).resolve():
-                continue
-            if card.get("signatures"):
-                lines += _signature_rows(run, card)
+            if not _in(card, folder) or card.get("signatures"):
                 continue
             e = card.get("evaluation") or {}
             fallback = card.get("gpu", {}).get("cpu_fallback")
@@ -223,26 +235,62 @@ def files_table(runs, folder):
                 f"| {_num(e.get('top1_agreement'), '.4f')} "
                 f"| {_num(run.latency_ms.get((variant, 1)), '.2f')} / "
                 f"{_num(run.latency_ms.get((variant, 2)), '.2f')} | {gpu} |")
-    return "\n".join(lines) + "\n"
+    budgets = budgets_table(runs, folder)
+    return "\n".join(lines) + "\n" + ("\n" + budgets if budgets else "")
 
 
-def _signature_rows(run, card):
-    """One files-table row per signature of a multi-budget file (`export --budgets`): its
-    keep ratios, accuracy and the export's own host timing (1 thread; the file's whole size)."""
-    rows = []
-    ratio = (card.get("budgets") or {}).get("size_ratio")
-    for key, entry in card["signatures"].items():
-        e = entry.get("evaluation") or {}
-        latency = (entry.get("host_latency") or {}).get("median_ms")
-        rows.append(
-            f"| `{card['file']}` `{key}` | {run.name} | {card['export_format']} "
-            f"| signature: keep {entry['keep_ratios']}"
-            + (f", {ratio:.3f}x one budget's size" if ratio else "")
-            + f" | {card['size_bytes'] / 1e6:.2f} "
-            f"| {_num(100 * e['tflite_accuracy'] if e else None, '.2f')} "
-            f"| {_num(e.get('top1_agreement'), '.4f')} "
-            f"| {_num(latency, '.2f')} (export) / – | – |")
-    return rows
+BUDGETS_INTRO = """Several token budgets in one file (`export --budgets`): one signature per budget over one
+copy of the weights, so an app switches budget at run time by calling another signature of
+the file it loaded (LiteRT's signature runner; MediaPipe's `ImageClassifier` takes files with
+one subgraph only, and a runtime that names no signature runs subgraph 0).
+
+"""
+
+
+def budgets_table(runs, folder=None):
+    """Markdown of the files with one signature per token budget (in `folder` when given),
+    one row per signature: its keep ratios, GFLOPs, top-1 and agreement (the file through
+    LiteRT), host latency (the benchmark's row for that signature, else the exporter's own
+    1-thread timing, marked), the whole file's size against its one-budget file, and the
+    top-1 of the run of the same method trained at those keep ratios; "" when there is none."""
+    lines = []
+    for run in runs:
+        for variant, card in sorted(run.tflite.items()):
+            if not card.get("signatures") or (folder is not None and not _in(card, folder)):
+                continue
+            budgets = card.get("budgets") or {}
+            ratio = budgets.get("size_ratio")
+            for subgraph, (key, entry) in enumerate(card["signatures"].items()):
+                e = entry.get("evaluation") or {}
+                ms = [run.latency_ms.get((variant, threads, key)) for threads in (1, 2)]
+                latency = f"{_num(ms[0], '.2f')} / {_num(ms[1], '.2f')}"
+                export_ms = (entry.get("host_latency") or {}).get("median_ms")
+                if ms == [None, None] and export_ms is not None:
+                    latency = f"{export_ms:.2f} (export) / –"
+                ratios = [round(k, 3) for k in entry["keep_ratios"]]
+                trained = next((r for r in runs if r.method == run.method and not r.seed
+                                and [round(k, 3) for k in r.keep_ratios] == ratios), None)
+                lines.append(
+                    f"| `{card['file']}` | `{key}`{' (subgraph 0)' if subgraph == 0 else ''} "
+                    f"| {run.name} | {', '.join(f'{k:g}' for k in entry['keep_ratios'])} "
+                    f"| {entry['gflops']:.4f} "
+                    f"| {_num(100 * e['tflite_accuracy'] if e else None, '.2f')} "
+                    f"| {_num(e.get('top1_agreement'), '.4f')} | {latency} "
+                    f"| {card['size_bytes'] / 1e6:.2f} "
+                    f"| {_num(ratio, '.3f')}{'' if ratio is None else '×'} "
+                    f"| {f'{trained.name}: {100 * trained.top1:.2f}' if trained else '–'} |")
+    if not lines:
+        return ""
+    head = ("| file | signature | run | keep ratios | GFLOPs | top-1 | agreement | ms 1T / 2T "
+            "| MB | × one budget | trained at these ratios: top-1 |")
+    notes = ("Top-1 and agreement: the signature through the LiteRT interpreter on the test "
+             "images, agreement with its Keras model at the same keep ratios; ms: the host "
+             "benchmark timing that signature (a signature call, with the runner's input and "
+             "output copies); MB: the whole file; × one budget: its size over the run's "
+             "one-budget file of the same format; the last column: the Keras top-1 of the run of "
+             "the same method trained at those keep ratios, where there is one.")
+    return (BUDGETS_INTRO + "\n".join([head, "|" + "---|" * (head.count("|") - 1), *lines])
+            + "\n\n" + notes + "\n")
 
 
 def plot(runs, results_dir):

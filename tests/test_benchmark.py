@@ -330,4 +330,88 @@ def test_the_phone_script_finds_signatures_in_the_cards(tmp_path):
     for model in (budgets, dense):
         model.write_bytes(b"x")
     gflops = bench_results.model_gflops([budgets], signatures={budgets: "keep_0.4"})
-    assert gflops == {"budgets": 1.0}  # the signature's, not the file's first
+    assert gflops == {"budgets [keep_0.4]": 1.0}  # the signature's, not the file's first
+    gflops = bench_results.model_gflops([dense, budgets], ["budgets:5"],
+                                        signatures={budgets: ["keep_0.7", "keep_0.4"]})
+    assert gflops == {"budgets [keep_0.7]": 5.0, "budgets [keep_0.4]": 5.0}  # the flag: the file
+
+
+def test_all_signatures_times_every_signature_as_a_row_of_its_own(models, tmp_path):
+    """--all_signatures: one row per signature of a multi-budget file, each with its own FLOPs
+    from the card and its own comparison with the dense reference; one-graph files run theirs."""
+    from spvit_tf import benchmark
+
+    dense = models[0]
+    budgets = _two_signature_tflite(tmp_path / "budgets.tflite")
+    (tmp_path / "budgets.json").write_text(json.dumps(
+        {"gflops": 0.25, "signatures": {"keep_0.5": {"gflops": 0.25}, "keep_1": {"gflops": 1.0}}}))
+    assert benchmark.every_signature([dense, budgets]) == {budgets: ["keep_0.5", "keep_1"]}
+    out = tmp_path / "out"
+    result = run_cli(f"--models={dense},{budgets}", "--all_signatures", "--num_threads=1,2",
+                     "--runs=3", "--warmup=1", "--rounds=2", f"--output_dir={out}")
+    assert result.returncode == 0, result.stderr
+    rows, comparisons, meta = bench_results.read_results(out / "results.json")
+    assert [(r.model, r.signature, r.num_threads) for r in rows] == [
+        ("dense", "", 1), ("dense", "", 2), ("budgets", "keep_0.5", 1), ("budgets", "keep_0.5", 2),
+        ("budgets", "keep_1", 1), ("budgets", "keep_1", 2)]
+    assert all(r.status == "ok" and r.runs == 6 and r.median_ms > 0 for r in rows)
+    assert meta["all_signatures"] is True and meta["gflops"] == {
+        "dense": 2.0, "budgets [keep_0.5]": 0.25, "budgets [keep_1]": 1.0}
+    assert [(c.pruned, c.num_threads, c.flops_ratio) for c in comparisons] == [
+        ("budgets [keep_0.5]", 1, 0.125), ("budgets [keep_0.5]", 2, 0.125),
+        ("budgets [keep_1]", 1, 0.5), ("budgets [keep_1]", 2, 0.5)]
+    by_name = {(r.name, r.num_threads): r.median_ms for r in rows}
+    for c in comparisons:  # each signature against the dense row, not the other signature's
+        assert c.pruned_ms == by_name[c.pruned, c.num_threads]
+        assert c.dense_ms == by_name["dense", c.num_threads]
+    markdown = (out / "results.md").read_text()
+    assert "| budgets [keep_0.5] |" in markdown and "| dense | budgets [keep_1] |" in markdown
+    both = run_cli(f"--models={budgets}", "--all_signatures", "--signature=keep_1",
+                   f"--output_dir={tmp_path / 'both'}")
+    assert both.returncode == 2 and both.stderr.startswith("error: pass --signature=keep_1")
+    assert not (tmp_path / "both").exists()
+
+
+def test_merge_keeps_earlier_rows_and_replaces_the_ones_timed_again():
+    earlier_rows = [row("dense", 40.0), row("pruned", 30.0), row("pruned", 20.0, threads=2)]
+    earlier = (earlier_rows, bench_results.compare(earlier_rows, "dense", "pruned", 4.0, 2.0),
+               {"created": "first", "gflops": {"dense": 4.0, "pruned": 2.0}})
+    now_rows = [row("pruned", 31.0), dataclasses.replace(row("multi", 9.0), signature="keep_1")]
+    rows, comparisons, meta = bench_results.merge_results(
+        earlier, (now_rows, [], {"created": "second", "gflops": {"multi [keep_1]": 1.0}}))
+    assert [(r.name, r.num_threads, r.median_ms) for r in rows] == [
+        ("dense", 1, 40.0), ("pruned", 1, 31.0), ("pruned", 2, 20.0), ("multi [keep_1]", 1, 9.0)]
+    assert comparisons == []  # the earlier pairs involved "pruned", timed again
+    assert meta["created"] == "second" and meta["timed"] == ["pruned cpu t1", "multi [keep_1] cpu t1"]
+    assert meta["gflops"] == {"dense": 4.0, "pruned": 2.0, "multi [keep_1]": 1.0}
+    assert meta["earlier_runs"] == [{"created": "first", "gflops": {"dense": 4.0, "pruned": 2.0}}]
+    again = bench_results.merge_results((rows, comparisons, meta),
+                                        ([row("other", 1.0)], [], {"created": "third"}))
+    assert [m["created"] for m in again[2]["earlier_runs"]] == ["first", "second"]  # oldest first
+    assert "earlier_runs" not in again[2]["earlier_runs"][1] and len(again[0]) == 5
+    kept = bench_results.merge_results(earlier, ([row("new", 1.0)], [], {}))[1]
+    assert kept == earlier[1]  # pairs of rows not timed again stay
+
+
+def test_merge_cli_adds_a_new_file_to_the_results_in_the_output_dir(models, tmp_path):
+    dense, pruned = models
+    out = tmp_path / "out"
+    first = run_cli(f"--models={dense},{pruned}", "--runs=2", "--warmup=0", f"--output_dir={out}")
+    assert first.returncode == 0, first.stderr
+    before, _, before_meta = bench_results.read_results(out / "results.json")
+    budgets = _two_signature_tflite(tmp_path / "budgets.tflite")
+    merged = run_cli(f"--models={budgets}", "--all_signatures", "--merge", "--runs=3",
+                     "--warmup=0", f"--output_dir={out}")
+    assert merged.returncode == 0, merged.stderr
+    assert "(2 rows timed now, merged with 2 earlier ones)" in merged.stdout
+    rows, _, meta = bench_results.read_results(out / "results.json")
+    assert rows[:2] == before and [(r.name, r.runs) for r in rows[2:]] == [
+        ("budgets [keep_0.5]", 3), ("budgets [keep_1]", 3)]
+    assert meta["earlier_runs"] == [before_meta] and meta["gflops"]["dense"] == 2.0
+    markdown = (out / "results.md").read_text()
+    assert "| dense |" in markdown and "| budgets [keep_1] |" in markdown
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "results.json").write_text("{")
+    bad = run_cli(f"--models={budgets}", "--merge", f"--output_dir={tmp_path / 'damaged'}")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "results.json" in bad.stderr
+    assert (tmp_path / "damaged" / "results.json").read_text() == "{"

@@ -1,5 +1,6 @@
 """The results report (table, plots, README section) and the token-keep visualisation."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -110,6 +111,69 @@ def test_report_table_numbers_come_from_the_logs(results):
     assert files["`cifar10_spvit_b050_gpu_fp32.tflite`"][1:] == [
         "fp32", "selection=matmul", "4.90", "–", "–", "9.90 / 4.95", "–"]
     assert len(files) == 5  # header + the four shipped files
+
+
+def budgets_card(folder, workdir, size, single_size):
+    """The card of `export --budgets` with three signatures, subgraph 0 first (key order)."""
+    stem = f"cifar10_{workdir.name}_budgets_fp32"
+    (folder / f"{stem}.tflite").write_bytes(b"\0" * size)
+    entries = {key: {"keep_ratios": ratios, "gflops": gflops,
+                     "evaluation": {"tflite_accuracy": top1, "top1_agreement": agree}}
+               for key, ratios, gflops, top1, agree in (
+                   ("keep_0.46_0.212", [0.46, 0.212], 0.03773, 0.501, 0.999),
+                   ("keep_0.631_0.398", [0.631, 0.398], 0.04939, 0.7925, 1.0),
+                   ("keep_0.785_0.616", [0.785, 0.616], 0.06287, 0.803, 1.0))}
+    entries["keep_0.785_0.616"]["host_latency"] = {"median_ms": 0.7, "threads": 1}
+    card = {"format": "spvit_tf.model_card.v1", "file": f"{stem}.tflite", "export_format": "fp32",
+            "graph": "as trained", "weights": str(workdir / "final" / "model.weights.h5"),
+            "run": {"run_id": workdir.name}, "size_bytes": size,
+            "evaluation": entries["keep_0.46_0.212"]["evaluation"], "signatures": entries,
+            "budgets": {"first_subgraph": "keep_0.46_0.212", "size_ratio": size / single_size,
+                        "single_budget_file": f"cifar10_{workdir.name}_fp32.tflite"}}
+    (folder / f"{stem}.json").write_text(json.dumps(card))
+    return folder / f"{stem}.tflite"
+
+
+def test_a_multi_budget_file_is_a_row_per_signature_with_its_own_latency(results):
+    """Each signature of an `export --budgets` file: its keep ratios, GFLOPs, top-1, the
+    benchmark's latency for that signature (a plain invoke's row counts for subgraph 0; with
+    no row, the exporter's own timing, marked), the file's size against the one-budget file,
+    and the top-1 of the run trained at those keep ratios."""
+    root, ship, bench, readme = results
+    fake_run(root, "spvit_b063", "spvit", 0.801, 0.0629, 0.063, (0.785, 0.616))
+    budgets = budgets_card(ship, root / "spvit_b050", 5_000_000, 4_900_000)
+    rows, _, _ = bench_results.read_results(bench)
+    one = rows[0]
+    rows += [dataclasses.replace(one, model=budgets.stem, model_path=str(budgets),
+                                 num_threads=threads, signature=key, median_ms=ms, backend=backend)
+             for key, threads, ms, backend in (
+                 ("", 1, 1.1, "cpu"), ("keep_0.631_0.398", 1, 1.3, "cpu"),
+                 ("keep_0.631_0.398", 2, 0.7, "cpu"), ("keep_0.785_0.616", 1, 9.0, "xnnpack_off"))]
+    bench_results.write_results(bench.parent, rows)
+    table = report.report(str(root), [str(ship)], str(bench), str(readme), shipped=str(ship))
+    shipped = (ship / "README.md").read_text()
+
+    def signature_rows(text):
+        return {cells[1]: cells[2:] for cells in (
+            [c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines()
+            if line.startswith(f"| `{budgets.name}` |"))}
+
+    want = {
+        "`keep_0.46_0.212` (subgraph 0)": ["spvit_b050", "0.46, 0.212", "0.0377", "50.10",
+                                           "0.9990", "1.10 / –", "5.00", "1.020×", "–"],
+        "`keep_0.631_0.398`": ["spvit_b050", "0.631, 0.398", "0.0494", "79.25", "1.0000",
+                               "1.30 / 0.70", "5.00", "1.020×", "spvit_b050: 79.25"],
+        "`keep_0.785_0.616`": ["spvit_b050", "0.785, 0.616", "0.0629", "80.30", "1.0000",
+                               "0.70 (export) / –", "5.00", "1.020×", "spvit_b063: 80.10"],
+    }
+    assert signature_rows(shipped) == want
+    assert signature_rows(table) == want  # results.md and the README's section list it too
+    assert report.BUDGETS_INTRO in shipped and report.BUDGETS_INTRO in readme.read_text()
+    files = table_rows(shipped.split(report.BUDGETS_INTRO)[0])
+    assert f"`{budgets.name}`" not in files and len(files) == 5  # one-graph files only
+    assert files["`cifar10_spvit_b050_fp32.tflite`"][-2] == "1.50 / 0.75"  # not the budgets'
+    runs = report.attach_exports(report.read_runs(root), [ship], bench)
+    assert not report.budgets_table(runs, root)  # none in that folder
 
 
 def test_seeds_table_pairs_spvit_with_each_baseline_on_the_same_images(tmp_path):

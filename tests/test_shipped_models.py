@@ -22,6 +22,7 @@ def test_the_shipped_files_are_all_there():
     files = {p.stem for p in SHIPPED.glob("*.tflite")}
     expected = {f"cifar10_{run}_{fmt}" for run in ("teacher", "spvit_b050")
                 for fmt in ("fp32", "int8", "fpga_int8", "gpu_fp32")}
+    expected.add("cifar10_spvit_b050_budgets_fp32")  # one signature per budget (run.sh)
     assert files == expected == {p.stem for p in CARDS}
     assert (SHIPPED / "labels.txt").read_text().split() == [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -33,6 +34,31 @@ def test_the_shipped_files_are_all_there():
         assert card["tflite_metadata"]["written"], card["file"]
         if card["graph"] == "selection=matmul":  # the GPU files: float pixels, all delegated
             assert card["input"]["dtype"] == "float32" and card["gpu"]["cpu_fallback"] == {}
+
+
+def test_the_multi_budget_file_holds_the_trained_budget_and_the_weights_once():
+    """The budgets file: the run's own keep ratios among its signatures (that signature is the
+    one-budget fp32 file's model: same GFLOPs, same accuracy), a milder and a harsher budget,
+    every one evaluated on the 10k test images, and the weights stored once."""
+    card = json.loads((SHIPPED / "cifar10_spvit_b050_budgets_fp32.json").read_text())
+    single = json.loads((SHIPPED / "cifar10_spvit_b050_fp32.json").read_text())
+    signatures = card["signatures"]
+    assert len(signatures) == 3 and list(signatures) == sorted(signatures)  # subgraph order
+    trained = signatures["keep_" + "_".join(f"{r:g}" for r in single["pruning"]["keep_ratios"])]
+    assert trained["gflops"] == single["gflops"]
+    assert trained["tokens_per_block"] == single["tokens_per_block"]
+    assert trained["evaluation"]["tflite_accuracy"] == single["evaluation"]["tflite_accuracy"]
+    gflops = sorted(entry["gflops"] for entry in signatures.values())
+    assert gflops[0] < trained["gflops"] < gflops[2]
+    for key, entry in signatures.items():
+        assert key == "keep_" + "_".join(f"{r:g}" for r in entry["keep_ratios"])
+        assert entry["evaluation"]["examples"] == 10_000, key
+        assert entry["checks"]["max_abs_logit_diff"] <= 1e-4, key
+    budgets = card["budgets"]
+    assert budgets["single_budget_file"] == single["file"]
+    assert budgets["single_budget_size_bytes"] == single["size_bytes"]
+    assert card["size_bytes"] == (SHIPPED / card["file"]).stat().st_size
+    assert budgets["size_ratio"] == card["size_bytes"] / single["size_bytes"] < 1.1
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +85,7 @@ def test_shipped_file_reaches_its_stated_accuracy(card_path, test_set):
     logits = run_tflite(content, pixels, "uint8")
     accuracy = float(np.mean(logits.argmax(1) == labels))
     assert abs(accuracy - card["evaluation"]["tflite_accuracy"]) <= 0.002, card["file"]
+    for key, entry in (card.get("signatures") or {}).items():  # a multi-budget file: each one
+        logits = run_tflite(content, pixels, "uint8", signature=key)
+        accuracy = float(np.mean(logits.argmax(1) == labels))
+        assert abs(accuracy - entry["evaluation"]["tflite_accuracy"]) <= 0.002, (card["file"], key)

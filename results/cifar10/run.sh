@@ -72,15 +72,60 @@ export_run() {  # export_run RUN DIR FLAGS...: every .tflite evaluated on the fu
 SHIP=tflite_models/cifar10
 export_run teacher $SHIP --formats=fp32,int8,fpga_int8 --gpu_friendly
 export_run spvit_b050 $SHIP --formats=fp32,int8,fpga_int8 --gpu_friendly
+
+keep_ratios() {  # keep_ratios RUN: the run's trained keep ratios joined by ':', a --budgets entry
+  python -c 'import json, sys; print(":".join(f"{r:g}" for r in json.load(open(sys.argv[1]))["keep_ratios"]))' \
+    "$R/$1/final/eval.json"
+}
+export_budgets() {  # export_budgets RUN DIR OTHER...: RUN's weights at its own keep ratios and at
+  # those of the OTHER runs, one signature each, in DIR/cifar10_RUN_budgets_fp32.tflite (its card
+  # lists each signature's accuracy on the 10k test images and its size against RUN's fp32 file;
+  # host latency is the benchmark's, below). Skipped when its card is newer than RUN's weights
+  # and than the OTHER runs' eval.json, whose keep ratios it takes. The exporter writes the
+  # one-budget fp32 file too, for that size ratio: it goes to a scratch folder, not over DIR's.
+  local card=$2/cifar10_$1_budgets_fp32.json fresh=1 run
+  [[ $card -nt $R/$1/final/model.weights.h5 ]] || fresh=0
+  for run in "${@:3}"; do [[ $card -nt $R/$run/final/eval.json ]] || fresh=0; done
+  (( fresh )) && return
+  local budgets scratch
+  budgets=$(keep_ratios "$1")
+  for run in "${@:3}"; do budgets+=",$(keep_ratios "$run")"; done
+  scratch=$(mktemp -d)
+  python -m spvit_tf.export --workdir=$R/$1 --name=cifar10_$1 --output_dir="$scratch" \
+    --eval_data=$DATA --eval_examples=10000 --formats=fp32 --budgets="$budgets" --latency_runs=0
+  for ext in tflite md json; do  # the card last: its mtime marks a finished export
+    mv "$scratch/cifar10_$1_budgets_fp32.$ext" "$2/"
+  done
+  rm -rf "$scratch"
+}
+# SPViT's main run at its own budget (0.050) and at the keep ratios trained for 0.063 and 0.038
+export_budgets spvit_b050 $SHIP spvit_b063 spvit_b038
 for run in $(ls $R); do  # every other run and seed: fp32 and int8
   [[ -f $R/$run/final/eval.json && $run != teacher && $run != spvit_b050 ]] || continue
   export_run $run $R/tflite --formats=fp32,int8
 done
 
 # Every file, the teacher's fp32 first: the benchmark compares the others with the first.
-models=$(ls $SHIP/cifar10_teacher_fp32.tflite; ls $SHIP/*.tflite $R/tflite/*.tflite | grep -v teacher_fp32)
-models=$(echo "$models" | paste -sd, -)
-[[ -f $R/bench/results.json ]] || python -m spvit_tf.benchmark --models="$models" \
-  --num_threads=1,2 --runs=60 --rounds=5 --output_dir=$R/bench
+# --all_signatures: every budget of the multi-budget file is a row of its own. Files exported
+# after the benchmark ran (none of their rows in results.json) are timed and merged into it.
+shopt -s nullglob  # $R/tflite/*.tflite are not committed: a checkout has the shipped files only
+models=$SHIP/cifar10_teacher_fp32.tflite
+for file in $SHIP/*.tflite $R/tflite/*.tflite; do
+  [[ $file == */cifar10_teacher_fp32.tflite ]] || models+=",$file"
+done
+shopt -u nullglob
+bench() { python -m spvit_tf.benchmark --all_signatures --num_threads=1,2 --runs=60 --rounds=5 \
+  --output_dir=$R/bench "$@"; }
+if [[ ! -f $R/bench/results.json ]]; then
+  bench --models="$models"
+else
+  new=$(python - "$R/bench/results.json" "${models//,/ }" <<'PY'
+import json, pathlib, sys
+timed = {row["model"] for row in json.load(open(sys.argv[1]))["results"]}
+print(",".join(m for m in sys.argv[2].split() if pathlib.Path(m).stem not in timed))
+PY
+)
+  [[ -z $new ]] || bench --models="$new" --merge
+fi
 python -m spvit_tf.visualize --workdir=$R/spvit_b050 --num_images=6 --output=$R/token_keep.png
 python -m spvit_tf.report --results=$R --readme=README.md
