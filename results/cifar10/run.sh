@@ -4,7 +4,8 @@
 # the report. Each step is skipped when its output exists, so a rerun picks up where a killed
 # one stopped (training itself resumes from its last checkpoint).
 #   bash results/cifar10/run.sh            # from the repo root, ../shared beside it
-# Budgets are GFLOPs of the 32x32 model (teacher: 0.0836): main 0.050 (-40%), 0.063, 0.038.
+# Budgets are GFLOPs of the 32x32 model (teacher: 0.0836): main 0.054 (-35.4%, the least the
+# results claim allows: at least 35% below the teacher), and 0.063 and 0.046 for the curve.
 # At the main budget: SPViT and hard-drop over 3 seeds, EViT and static over 2, ToMe (no training).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,7 +29,7 @@ finetune() { train "$1" --flagfile=configs/cifar10_finetune.cfg --checkpoint=$TE
 # SPViT's first seed, then the gate: its own ranking must beat a random ranking on the same
 # fine-tuned model by a clear margin (>= 1 point of top-1 on the 10k test images) before any
 # compute goes to baselines and more seeds.
-finetune spvit_b050 --mode=spvit --budget_gflops=0.050
+finetune spvit_b054 --mode=spvit --budget_gflops=0.054
 rank_check() {  # rank_check RUN: the ranking diagnostic, and the gate on it
   [[ -f $R/$1/final/rankings.json ]] || python -m spvit_tf.evaluate --workdir=$R/$1 \
     --rankings=own,random,inverted,centre,evit --output=$R/$1/final/rankings.json
@@ -41,24 +42,24 @@ sys.exit(0 if gap >= 0.01 else f"the selectors do not rank (own - random = {gap:
          "fix the recipe before training the baselines")
 PY
 }
-rank_check spvit_b050
-finetune hard_b050 --mode=hard --budget_gflops=0.050
-rank_check hard_b050
-finetune evit_b050 --mode=evit --budget_gflops=0.050
-finetune static_b050 --mode=static --budget_gflops=0.050
+rank_check spvit_b054
+finetune hard_b054 --mode=hard --budget_gflops=0.054
+rank_check hard_b054
+finetune evit_b054 --mode=evit --budget_gflops=0.054
+finetune static_b054 --mode=static --budget_gflops=0.054
 # ToMe is training-free: the teacher's weights merged down to the same budget, evaluated only.
-train tome_b050 --flagfile=configs/cifar10_finetune.cfg --checkpoint=$TEACHER --mode=tome \
-  --budget_gflops=0.050 --epochs=0
+train tome_b054 --flagfile=configs/cifar10_finetune.cfg --checkpoint=$TEACHER --mode=tome \
+  --budget_gflops=0.054 --epochs=0
 for seed in 1 2; do  # seed variance: SPViT and hard-drop 3 seeds, EViT and static 2
-  finetune spvit_b050_seed$seed --mode=spvit --budget_gflops=0.050 --seed=$seed
-  finetune hard_b050_seed$seed --mode=hard --budget_gflops=0.050 --seed=$seed
+  finetune spvit_b054_seed$seed --mode=spvit --budget_gflops=0.054 --seed=$seed
+  finetune hard_b054_seed$seed --mode=hard --budget_gflops=0.054 --seed=$seed
 done
-finetune evit_b050_seed1 --mode=evit --budget_gflops=0.050 --seed=1
-finetune static_b050_seed1 --mode=static --budget_gflops=0.050 --seed=1
+finetune evit_b054_seed1 --mode=evit --budget_gflops=0.054 --seed=1
+finetune static_b054_seed1 --mode=static --budget_gflops=0.054 --seed=1
 finetune spvit_b063 --mode=spvit --budget_gflops=0.063
-finetune spvit_b038 --mode=spvit --budget_gflops=0.038
+finetune spvit_b046 --mode=spvit --budget_gflops=0.046
 # Diagnostic: the learned runs evaluated with their training-time Gumbel sampling, not top-k.
-for run in spvit_b050 spvit_b050_seed1 spvit_b050_seed2 hard_b050; do
+for run in spvit_b054 spvit_b054_seed1 spvit_b054_seed2 hard_b054; do
   [[ -f $R/$run/final/eval_gumbel.json ]] || python -m spvit_tf.evaluate --workdir=$R/$run \
     --pruning_mode=gumbel --output=$R/$run/final/eval_gumbel.json
 done
@@ -71,7 +72,7 @@ export_run() {  # export_run RUN DIR FLAGS...: every .tflite evaluated on the fu
 }
 SHIP=tflite_models/cifar10
 export_run teacher $SHIP --formats=fp32,int8,fpga_int8 --gpu_friendly
-export_run spvit_b050 $SHIP --formats=fp32,int8,fpga_int8 --gpu_friendly
+export_run spvit_b054 $SHIP --formats=fp32,int8,fpga_int8 --gpu_friendly
 
 keep_ratios() {  # keep_ratios RUN: the run's trained keep ratios joined by ':', a --budgets entry
   python -c 'import json, sys; print(":".join(f"{r:g}" for r in json.load(open(sys.argv[1]))["keep_ratios"]))' \
@@ -98,10 +99,10 @@ export_budgets() {  # export_budgets RUN DIR OTHER...: RUN's weights at its own 
   done
   rm -rf "$scratch"
 }
-# SPViT's main run at its own budget (0.050) and at the keep ratios trained for 0.063 and 0.038
-export_budgets spvit_b050 $SHIP spvit_b063 spvit_b038
+# SPViT's main run at its own budget (0.054) and at the keep ratios trained for 0.063 and 0.046
+export_budgets spvit_b054 $SHIP spvit_b063 spvit_b046
 for run in $(ls $R); do  # every other run and seed: fp32 and int8
-  [[ -f $R/$run/final/eval.json && $run != teacher && $run != spvit_b050 ]] || continue
+  [[ -f $R/$run/final/eval.json && $run != teacher && $run != spvit_b054 ]] || continue
   export_run $run $R/tflite --formats=fp32,int8
 done
 
@@ -127,5 +128,5 @@ PY
 )
   [[ -z $new ]] || bench --models="$new" --merge
 fi
-python -m spvit_tf.visualize --workdir=$R/spvit_b050 --num_images=6 --output=$R/token_keep.png
+python -m spvit_tf.visualize --workdir=$R/spvit_b054 --num_images=6 --output=$R/token_keep.png
 python -m spvit_tf.report --results=$R --readme=README.md
