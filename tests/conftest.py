@@ -11,6 +11,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 TIMM = SHARED / "fixtures" / "timm"
+SHIPPED = REPO / "tflite_models" / "cifar10"
+
+
+def shipped_main_run():
+    """The main SPViT run whose exports ship in tflite_models/cifar10 (None if none does): its
+    name follows its budget (results/cifar10/run.sh), so tests read it from the files."""
+    runs = {p.name[len("cifar10_"):-len("_fp32.tflite")]
+            for p in SHIPPED.glob("cifar10_spvit_*_fp32.tflite")
+            if not p.name.endswith(("_gpu_fp32.tflite", "_budgets_fp32.tflite"))}
+    assert len(runs) <= 1, f"expected one shipped SPViT run in {SHIPPED}, found {sorted(runs)}"
+    return runs.pop() if runs else None
 
 
 def require_shared(path):

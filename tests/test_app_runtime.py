@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import spvit_tf
-from conftest import REPO
+from conftest import REPO, shipped_main_run
 from spvit_tf import export
 from spvit_tf.data import load_pixels
 from spvit_tf.preprocessing import Preprocessor
@@ -133,7 +133,7 @@ def test_mediapipe_classifies_an_export_like_litert_with_the_packed_labels(
     check_file(out / card["file"], card, images)
 
 
-SHIPPED_FILES = [f"cifar10_{run}_{fmt}" for run in ("teacher", "spvit_b050")
+SHIPPED_FILES = [f"cifar10_{run}_{fmt}" for run in ("teacher", shipped_main_run())
                  for fmt in ("fp32", "int8", "gpu_fp32")]
 
 

@@ -14,11 +14,12 @@ import sys
 
 import pytest
 
+from conftest import shipped_main_run
 from spvit_tf import bench_results
 from spvit_tf.tflite import profile
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "tflite_models" / "cifar10" / "cifar10_spvit_b050_int8.tflite"
+SHIPPED = REPO / "tflite_models" / "cifar10" / f"cifar10_{shipped_main_run()}_int8.tflite"
 
 
 def table_line(op_type, ms, name, csv=False, calls=1):
@@ -182,7 +183,7 @@ def test_host_benchmark_profile_lands_in_every_result_file(tmp_path, shipped_ops
     assert profile_csv[0] == ",".join(bench_results.PROFILE_FIELDS)
     assert len(profile_csv) == len(row.profile) + 1
     assert "profile" not in (out / "results.csv").read_text().splitlines()[0]
-    assert "#### Per-op profile: cifar10_spvit_b050_int8" in result.stdout
+    assert f"#### Per-op profile: {SHIPPED.stem}" in result.stdout
     assert "| selector 1 |" in (out / "results.md").read_text()
 
 

@@ -11,18 +11,19 @@ import pathlib
 import numpy as np
 import pytest
 
-from conftest import REPO, SHARED, require_shared
+from conftest import SHARED, SHIPPED, require_shared, shipped_main_run
 
-SHIPPED = REPO / "tflite_models" / "cifar10"
+MAIN = shipped_main_run()
 CIFAR10 = SHARED / "data" / "cifar10-jpeg.tar.gz"
 CARDS = sorted(p for p in SHIPPED.glob("*.json") if not p.name.endswith(".fpga_report.json"))
 
 
 def test_the_shipped_files_are_all_there():
+    assert MAIN, f"no main SPViT run's files in {SHIPPED}"
     files = {p.stem for p in SHIPPED.glob("*.tflite")}
-    expected = {f"cifar10_{run}_{fmt}" for run in ("teacher", "spvit_b050")
+    expected = {f"cifar10_{run}_{fmt}" for run in ("teacher", MAIN)
                 for fmt in ("fp32", "int8", "fpga_int8", "gpu_fp32")}
-    expected.add("cifar10_spvit_b050_budgets_fp32")  # one signature per budget (run.sh)
+    expected.add(f"cifar10_{MAIN}_budgets_fp32")  # one signature per budget (run.sh)
     assert files == expected == {p.stem for p in CARDS}
     assert (SHIPPED / "labels.txt").read_text().split() == [
         "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -40,8 +41,8 @@ def test_the_multi_budget_file_holds_the_trained_budget_and_the_weights_once():
     """The budgets file: the run's own keep ratios among its signatures (that signature is the
     one-budget fp32 file's model: same GFLOPs, same accuracy), a milder and a harsher budget,
     every one evaluated on the 10k test images, and the weights stored once."""
-    card = json.loads((SHIPPED / "cifar10_spvit_b050_budgets_fp32.json").read_text())
-    single = json.loads((SHIPPED / "cifar10_spvit_b050_fp32.json").read_text())
+    card = json.loads((SHIPPED / f"cifar10_{MAIN}_budgets_fp32.json").read_text())
+    single = json.loads((SHIPPED / f"cifar10_{MAIN}_fp32.json").read_text())
     signatures = card["signatures"]
     assert len(signatures) == 3 and list(signatures) == sorted(signatures)  # subgraph order
     trained = signatures["keep_" + "_".join(f"{r:g}" for r in single["pruning"]["keep_ratios"])]
