@@ -351,7 +351,7 @@ def test_every_config_parses():
 def test_cifar10_demo_config_runs(tmp_path):
     result = fit(["--flagfile=configs/cifar10_demo.cfg", "--steps=2", f"--workdir={tmp_path}",
                   "--eval_examples=64"])
-    assert result["step"] == 2 and result["keep_ratios"] == [0.631, 0.398]
+    assert result["step"] == 2 and result["keep_ratios"] == [0.566, 0.32]  # 0.054 GFLOPs
 
 
 @pytest.fixture(scope="module")
