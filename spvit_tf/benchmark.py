@@ -260,15 +260,13 @@ def resolve_signatures(models, signature):
     graphs but not that one. A file the runtime cannot load is left to its failed row."""
     if not signature:
         return {}
-    from ai_edge_litert.interpreter import Interpreter
-
     resolved = {}
     for model in models:
-        try:
-            keys = sorted(Interpreter(model_path=str(model)).get_signature_list())
-        except Exception:  # a broken file: `measure` records why in its row
+        keys = file_signatures(model)
+        if keys is None:
             resolved[model] = signature
             continue
+        keys = sorted(keys)
         if signature in keys:
             resolved[model] = signature
         elif len(keys) > 1:
@@ -281,17 +279,23 @@ def every_signature(models):
     """{model: its signature keys in the file's order} of the files with several signatures,
     for --all_signatures (module doc); a file with one graph runs it, and a file the runtime
     cannot load is left to its failed row."""
-    from ai_edge_litert.interpreter import Interpreter
-
     resolved = {}
     for model in models:
-        try:
-            keys = list(Interpreter(model_path=str(model)).get_signature_list())
-        except Exception:  # a broken file: `measure` records why in its row
-            continue
-        if len(keys) > 1:
+        keys = file_signatures(model)
+        if keys is not None and len(keys) > 1:
             resolved[model] = keys
     return resolved
+
+
+def file_signatures(model):
+    """The signature keys of a .tflite in the file's order, or None when the runtime cannot
+    load it (a broken file: `measure` records why in its row)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    try:
+        return list(Interpreter(model_path=str(model)).get_signature_list())
+    except Exception:
+        return None
 
 
 def main(argv):

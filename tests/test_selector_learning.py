@@ -19,7 +19,7 @@ import os
 import numpy as np
 import pytest
 
-from spvit_tf.train_config import TrainConfig
+from test_train import NO_AUG, fit
 
 CLASSES = {"red": (230, 30, 30), "green": (30, 230, 30), "blue": (30, 30, 230),
            "yellow": (230, 230, 30)}
@@ -27,9 +27,9 @@ GRID, CELL = 4, 8
 MODEL = [
     "--model=deit_tiny_patch16_224",
     "--model_options=patch_size=8,embed_dim=32,depth=3,num_heads=2",
-    "--image_size=32", "--crop_ratio=1.0", "--batch_size=64",
-    "--randaugment_ops=0", "--mixup=0", "--cutmix=0", "--noflip", "--min_crop_scale=1.0",
-    "--eval_examples=0", "--checkpoint_every=1000", "--log_every=50",
+    "--image_size=32", "--crop_ratio=1.0", "--batch_size=64", *NO_AUG,
+    "--label_smoothing=0", "--drop_path=0", "--eval_examples=0", "--checkpoint_every=1000",
+    "--log_every=50",
 ]
 
 
@@ -67,12 +67,6 @@ def one_token_task(tmp_path_factory):
     return root, test_where
 
 
-def fit(args):
-    from spvit_tf import train
-
-    return train.fit(TrainConfig.from_argv(args))
-
-
 def test_the_recipe_teaches_the_selector_to_keep_the_token_that_matters(one_token_task, tmp_path):
     import tensorflow as tf
 
@@ -82,14 +76,14 @@ def test_the_recipe_teaches_the_selector_to_keep_the_token_that_matters(one_toke
     data = f"--data=folder:{root}"
     dense = str(tmp_path / "dense")
     result = fit([*MODEL, data, "--mode=dense", "--steps=300", "--lr=2e-2", "--warmup_epochs=1",
-                  "--label_smoothing=0", "--drop_path=0", f"--workdir={dense}"])
+                  f"--workdir={dense}"])
     assert result["eval_top1"] > 0.95, f"the dense model did not learn the task: {result}"
 
     pruned = str(tmp_path / "spvit")
     fit([*MODEL, data, "--mode=spvit", "--pruning_locations=1", "--keep_ratios=0.25",
          f"--checkpoint={dense}/final/model.weights.h5", "--steps=200",
          "--freeze_backbone_steps=200", "--lr=2e-2", "--warmup_epochs=0.2",
-         "--label_smoothing=0", "--drop_path=0", f"--workdir={pruned}"])
+         f"--workdir={pruned}"])
     diagnostic = evaluate_workdir(pruned, rankings=("own", "random"))
     top1 = diagnostic["rankings"]
     # A random ranking still reaches the coloured patch through the package token (its colour
