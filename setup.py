@@ -29,6 +29,7 @@ setup(
         # MediaPipe Tasks: the TFLite metadata schema the exporter writes with, and the app
         # runtime the tests load the exported files in
         "app": ["mediapipe==1.2.2"],
-        "test": ["pytest>=8", "mediapipe==1.2.2"],
+        # pytest-xdist: the suite runs in up to 4 worker processes (pyproject's addopts)
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "mediapipe==1.2.2"],
     },
 )

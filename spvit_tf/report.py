@@ -51,6 +51,8 @@ class RunResult:
     tflite: dict = dataclasses.field(default_factory=dict)  # format -> card
     # (variant, threads) -> median; a multi-budget file's: (variant, threads, signature)
     latency_ms: dict = dataclasses.field(default_factory=dict)
+    model_config: dict = dataclasses.field(default_factory=dict)  # run.json's
+    training: dict = dataclasses.field(default_factory=dict)  # run.json's (runs since it has one)
 
 
 def read_runs(results_dir):
@@ -75,6 +77,7 @@ def read_runs(results_dir):
                 correct=(decode_correct(result["top1_correct"], result["eval_examples"])
                          if "top1_correct" in result else None),
                 eval_order=result.get("eval_order"),
+                model_config=run.get("model_config") or {}, training=run.get("training") or {},
             ))
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise SpvitError(f"{workdir} holds a damaged run record ({type(error).__name__}: "
@@ -187,10 +190,94 @@ def seeds_table(runs):
             "resamples the test images 10,000 times, the same draw for both methods.\n")
 
 
+def _epochs(training):
+    return f"{training['steps'] / training['steps_per_epoch']:g}"
+
+
+def setup_markdown(runs):
+    """The setup the runs record in run.json (architecture, schedule, pruning locations), as a
+    sentence or two; parts a run does not record (runs from before `training`) are left out."""
+    teacher = next(r for r in runs if r.method == "dense")
+    c, t = teacher.model_config, teacher.training
+    parts = []
+    if {"patch_size", "embed_dim", "depth", "num_heads", "image_size"} <= c.keys():
+        side = c["image_size"] // c["patch_size"]
+        parts.append(f"The dense teacher is a ViT with {c['patch_size']}×{c['patch_size']} patches "
+                     f"on {c['image_size']}×{c['image_size']} images ({side * side} tokens), width "
+                     f"{c['embed_dim']}, {c['depth']} blocks, {c['num_heads']} heads")
+        if t:
+            parts[-1] += (f", trained from scratch for {_epochs(t)} epochs ({t['steps']:,} steps "
+                          f"of {t['batch_size']} images, {t['examples']:,} training images)")
+        parts[-1] += f": top-1 {100 * teacher.top1:.2f}."
+    recipes = {(_epochs(r.training), f"{r.training['frozen_backbone_steps'] / r.training['steps_per_epoch']:g}",
+                r.training["steps"] > 0)
+               for r in runs if r.method != "dense" and r.training}
+    trained = sorted(recipe for recipe in recipes if recipe[2])
+    if len(trained) == 1:
+        epochs, frozen, _ = trained[0]
+        parts.append(f"Every trained pruned run fine-tunes it for {epochs} epochs"
+                     + (f", of which the first {frozen} train only the selectors, the backbone "
+                        "frozen (methods without selectors train the backbone throughout)"
+                        if frozen != "0" else "") + ".")
+    elif len(trained) > 1:
+        parts.append("The pruned runs' schedules differ: see each run's run.json.")
+    locations = {tuple((r.model_config.get("pruning") or {}).get("locations", ()))
+                 for r in runs if r.method != "dense"}
+    if len(locations) == 1 and c.get("depth"):
+        where = ", ".join(map(str, next(iter(locations))))
+        parts.append(f"Tokens are pruned before blocks {where} (0-based) of {c['depth']}.")
+    return " ".join(parts)
+
+
+def main_budget(runs):
+    """The budget most methods were compared at (ties: the one with more runs), or None."""
+    budgets = {}
+    for r in runs:
+        if r.method != "dense" and r.budget_gflops is not None:
+            methods, count = budgets.get(r.budget_gflops, (set(), 0))
+            budgets[r.budget_gflops] = (methods | {r.method}, count + 1)
+    if not budgets:
+        return None
+    return max(budgets, key=lambda b: (len(budgets[b][0]), budgets[b][1], -b))
+
+
+def verdict_markdown(runs):
+    """SPViT's seed mean at the main budget against the teacher and against every other
+    method's seed mean at that budget: the claim the results make, recomputed from the logs
+    each time, so the prose around it cannot drift from them. Empty without SPViT there."""
+    budget = main_budget(runs)
+    teacher = next(r for r in runs if r.method == "dense")
+    means = {}
+    for r in runs:
+        if r.method != "dense" and r.budget_gflops == budget:
+            means.setdefault(r.method, []).append(100 * r.top1)
+    if "spvit" not in means:
+        return ""
+    ours = seed_summary(means.pop("spvit"))
+    gap = ours.mean - 100 * teacher.top1
+    text = (f"**At the main budget, {budget:.3f} GFLOPs ({1 - budget / teacher.gflops:.1%} below "
+            f"the teacher's {teacher.gflops:.4f}):** SPViT's mean over {ours.count} "
+            f"seed{'s' * (ours.count > 1)} is {ours.mean:.2f}, {abs(gap):.2f} points "
+            f"{'under' if gap < 0 else 'over'} the teacher ({100 * teacher.top1:.2f}).")
+    if means:
+        others = [(m, seed_summary(v).mean) for m, v in sorted(
+            means.items(), key=lambda kv: METHOD_ORDER.index(kv[0]))]
+        ahead = [m for m, mean in others if ours.mean > mean]
+        text += (" Other methods' seed means there: " + "; ".join(
+            f"{METHOD_LABEL[m]} {mean:.2f} (SPViT {ours.mean - mean:+.2f})" for m, mean in others)
+            + ". SPViT is " + ("ahead of every one of them." if len(ahead) == len(others) else
+                               "behind every one of them." if not ahead else
+                               f"ahead of {len(ahead)} of these {len(others)}."))
+    return text + "\n"
+
+
 def results_markdown(runs):
-    """What results.md and the README's results section hold: the run table, then the seeds
-    table and the multi-budget files' table when there are any."""
-    parts = [markdown_table(runs), seeds_table(runs), budgets_table(runs)]
+    """What results.md and the README's results section hold: the setup and the verdict the
+    logs give, the run table, then the seeds table and the multi-budget files' table when
+    there are any."""
+    setup = setup_markdown(runs)
+    parts = [(setup + "\n") if setup else "", verdict_markdown(runs), markdown_table(runs),
+             seeds_table(runs), budgets_table(runs)]
     return "\n".join(part for part in parts if part)
 
 

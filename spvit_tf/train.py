@@ -593,6 +593,14 @@ def fit(config):
                 )
         strategy = make_strategy(config)
         trainer = Trainer(config, strategy, run, len(train_split))
+        # The schedule as run (for the report's setup line): steps, epochs' length, and the
+        # selectors-only phase the recipe asks for (methods without selectors train no phase).
+        spe = trainer.steps_per_epoch
+        run["training"] = {
+            "examples": len(train_split), "batch_size": config.batch_size,
+            "steps_per_epoch": spe, "steps": trainer.total_steps,
+            "frozen_backbone_steps": min(config.freeze_backbone_steps or round(
+                config.freeze_backbone_epochs * spe), trainer.total_steps)}
         # Only now that the weights and the teacher loaded is the workdir created: a bad
         # --checkpoint leaves nothing behind. The chief writes the run's files; workers share them.
         ensure_output_dir(config.workdir, "--workdir")

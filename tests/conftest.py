@@ -24,6 +24,20 @@ def shipped_main_run():
     return runs.pop() if runs else None
 
 
+# The longest test files (minutes each on 2 CPU cores), longest first. pytest-xdist hands
+# whole files to its workers in collection order (pyproject: --dist loadfile
+# --no-loadscope-reorder), so starting these first keeps one long file from running alone at
+# the end while the other workers sit idle. The rest keep pytest's order.
+LONGEST_FILES = ("test_train.py", "test_export.py", "test_shipped_models.py", "test_faults.py",
+                 "test_multi_worker.py", "test_pruning.py", "test_selector_learning.py",
+                 "test_bad_inputs.py", "test_tome.py", "test_app_runtime.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
+
 def require_shared(path):
     """Skips (with the reason) when ../shared is absent, as on a user's fresh clone."""
     if not path.exists():

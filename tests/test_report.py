@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,12 +20,15 @@ README = f"# title\n\nintro\n\n{report.BEGIN}\nold table\n{report.END}\n\ntail\n
 
 
 def fake_run(root, name, mode, top1, gflops, budget=None, ratios=(), seed=0, correct=None,
-             order="cifar10|examples=all|order=files", legacy=False):
+             order="cifar10|examples=all|order=files", legacy=False, model_config=None,
+             training=None):
     """A finished workdir; `legacy`: as written before run.json held the run's identity
     (budget and seed only in flags.txt), which the report still reads."""
     workdir = root / name
     (workdir / "final").mkdir(parents=True)
-    run = {"model": "deit_tiny_patch16_224", "model_config": {}, "mode": mode}
+    run = {"model": "deit_tiny_patch16_224", "model_config": model_config or {}, "mode": mode}
+    if training:
+        run["training"] = training
     if legacy:
         (workdir / "flags.txt").write_text(f"--mode={mode}\n--seed={seed}\n" + (
             f"--budget_gflops={budget}\n" if budget else ""))
@@ -97,7 +101,9 @@ def test_report_table_numbers_come_from_the_logs(results):
     assert spvit[6:] == ["1.50 / 0.75", "– / –", "4.90 / –"]  # the _gpu variant is not fp32's
     assert evit[4] == "-2.88" and evit[6] == "– / –"
     text = readme.read_text()
-    assert text.startswith("# title\n\nintro\n\n" + report.BEGIN + "\n| method")
+    assert text.startswith("# title\n\nintro\n\n" + report.BEGIN + "\n**At the main budget, "
+                           "0.050 GFLOPs")  # the verdict first (no setup: no architecture logged)
+    assert "\n\n| method | budget GFLOPs | GFLOPs |" in text
     assert "old table" not in text and text.endswith(report.END + "\n\ntail\n")
     assert "![top1_vs_gflops](results/cifar10/top1_vs_gflops.png)" in text
     for name in ("top1_vs_gflops.png", "latency_vs_gflops.png"):
@@ -210,6 +216,62 @@ def test_report_refuses_incomplete_inputs(results, tmp_path):
         report.read_runs(root)
     with pytest.raises(SpvitError, match="exactly one dense"):
         report.read_runs(fake_run(tmp_path / "other", "a", "spvit", 0.5, 0.05).parent)
+
+
+def test_setup_and_verdict_are_recomputed_from_the_runs(tmp_path):
+    """The results section opens with the setup the runs record and SPViT's standing at the
+    main budget (the one most methods share), both recomputed from the logs."""
+    arch = {"image_size": 32, "patch_size": 4, "embed_dim": 128, "depth": 6, "num_heads": 4}
+    pruned = {**arch, "pruning": {"locations": [2, 4]}}
+
+    def training(epochs, frozen=0):
+        return {"examples": 50000, "batch_size": 128, "steps_per_epoch": 390,
+                "steps": 390 * epochs, "frozen_backbone_steps": 390 * frozen}
+
+    root = tmp_path / "cifar10"
+    fake_run(root, "teacher", "dense", 0.85, 0.0836, model_config=arch, training=training(120))
+    for seed, top1 in ((0, 0.846), (1, 0.844)):
+        fake_run(root, f"spvit_s{seed}", "spvit", top1, 0.054, 0.054, seed=seed,
+                 model_config=pruned, training=training(6, 1))
+    fake_run(root, "spvit_b063", "spvit", 0.849, 0.063, 0.063, model_config=pruned,
+             training=training(6, 1))
+    fake_run(root, "hard", "hard", 0.84, 0.054, 0.054, model_config=pruned,
+             training=training(6, 1))
+    fake_run(root, "evit", "evit", 0.847, 0.054, 0.054, model_config=pruned,
+             training=training(6, 1))
+    fake_run(root, "tome", "tome", 0.80, 0.054, 0.054, model_config=pruned,
+             training=training(0))  # training-free: not a fine-tune schedule
+    runs = report.read_runs(root)
+    assert report.setup_markdown(runs) == (
+        "The dense teacher is a ViT with 4×4 patches on 32×32 images (64 tokens), width 128, 6 "
+        "blocks, 4 heads, trained from scratch for 120 epochs (46,800 steps of 128 images, "
+        "50,000 training images): top-1 85.00. Every trained pruned run fine-tunes it for 6 "
+        "epochs, of which the first 1 train only the selectors, the backbone frozen (methods "
+        "without selectors train the backbone throughout). Tokens are pruned before blocks "
+        "2, 4 (0-based) of 6.")
+    verdict = report.verdict_markdown(runs)
+    assert verdict.startswith(
+        "**At the main budget, 0.054 GFLOPs (35.4% below the teacher's 0.0836):** SPViT's mean "
+        "over 2 seeds is 84.50, 0.50 points under the teacher (85.00).")
+    assert "EViT (CLS attention + fused token) 84.70 (SPViT -0.20)" in verdict
+    assert verdict.endswith("SPViT is ahead of 2 of these 3.\n")
+    table = report.results_markdown(runs)
+    assert table.startswith(report.setup_markdown(runs) + "\n\n" + verdict + "\n| method |")
+    (root / "evit" / "final" / "eval.json").write_text(json.dumps(
+        {"eval_top1": 0.83, "eval_examples": 10000, "gflops": 0.054}))
+    assert report.verdict_markdown(report.read_runs(root)).endswith(
+        "SPViT is ahead of every one of them.\n")
+    (root / "hard" / "final" / "eval.json").write_text(json.dumps(
+        {"eval_top1": 0.86, "eval_examples": 10000, "gflops": 0.054}))
+    (root / "evit" / "final" / "eval.json").write_text(json.dumps(
+        {"eval_top1": 0.86, "eval_examples": 10000, "gflops": 0.054}))
+    (root / "tome" / "final" / "eval.json").write_text(json.dumps(
+        {"eval_top1": 0.86, "eval_examples": 10000, "gflops": 0.054}))
+    assert report.verdict_markdown(report.read_runs(root)).endswith(
+        "SPViT is behind every one of them.\n")
+    for seed in (0, 1):  # without SPViT at the main budget there is no claim to make
+        shutil.rmtree(root / f"spvit_s{seed}")
+    assert report.verdict_markdown(report.read_runs(root)) == ""
 
 
 @pytest.fixture(scope="module")

@@ -162,6 +162,10 @@ def test_training_lowers_the_loss_and_fills_the_workdir(demo, tmp_path):
     assert len(run_json["class_names"]) == 10 and run_json["preprocessing"]["image_size"] == 32
     assert {k: run_json[k] for k in ("run_id", "method", "budget", "seed")} == {
         "run_id": "run", "method": "spvit", "budget": None, "seed": 0}
+    training = run_json["training"]  # the schedule as run, for the report's setup line
+    assert training["examples"] // 128 == training["steps_per_epoch"] == 31  # eval at step 31
+    assert (training["batch_size"], training["steps"], training["frozen_backbone_steps"]) == (
+        128, 40, 0)
 
     final = json.load(open(os.path.join(workdir, "final", "eval.json")))
     assert final["step"] == 40 and final["eval_examples"] == 1000
