@@ -190,8 +190,8 @@ def seeds_table(runs):
             "resamples the test images 10,000 times, the same draw for both methods.\n")
 
 
-def _epochs(training):
-    return f"{training['steps'] / training['steps_per_epoch']:g}"
+def _epochs(training, key="steps"):
+    return f"{training[key] / training['steps_per_epoch']:g}"
 
 
 def setup_markdown(runs):
@@ -209,12 +209,10 @@ def setup_markdown(runs):
             parts[-1] += (f", trained from scratch for {_epochs(t)} epochs ({t['steps']:,} steps "
                           f"of {t['batch_size']} images, {t['examples']:,} training images)")
         parts[-1] += f": top-1 {100 * teacher.top1:.2f}."
-    recipes = {(_epochs(r.training), f"{r.training['frozen_backbone_steps'] / r.training['steps_per_epoch']:g}",
-                r.training["steps"] > 0)
-               for r in runs if r.method != "dense" and r.training}
-    trained = sorted(recipe for recipe in recipes if recipe[2])
+    trained = {(_epochs(r.training), _epochs(r.training, "frozen_backbone_steps"))
+               for r in runs if r.method != "dense" and r.training and r.training["steps"]}
     if len(trained) == 1:
-        epochs, frozen, _ = trained[0]
+        (epochs, frozen), = trained
         parts.append(f"Every trained pruned run fine-tunes it for {epochs} epochs"
                      + (f", of which the first {frozen} train only the selectors, the backbone "
                         "frozen (methods without selectors train the backbone throughout)"

@@ -149,9 +149,10 @@ class Trainer:
             self.backbone_vars = [
                 v for v in self.student.trainable_weights if id(v) not in selector_ids
             ]
-            frozen = config.freeze_backbone_steps or round(
-                config.freeze_backbone_epochs * self.steps_per_epoch)
-            self.frozen_steps = min(frozen, self.total_steps) if self.selector_vars else 0
+            # The selectors-only phase the recipe asks for; a method without selectors has none.
+            self.scheduled_frozen_steps = min(config.freeze_backbone_steps or round(
+                config.freeze_backbone_epochs * self.steps_per_epoch), self.total_steps)
+            self.frozen_steps = self.scheduled_frozen_steps if self.selector_vars else 0
             peak = config.lr * self.global_batch / 512
             # Every pruned mode fine-tunes its backbone at SPViT's official rate, with or
             # without selectors, so methods compared share one recipe: nothing while frozen,
@@ -595,12 +596,10 @@ def fit(config):
         trainer = Trainer(config, strategy, run, len(train_split))
         # The schedule as run (for the report's setup line): steps, epochs' length, and the
         # selectors-only phase the recipe asks for (methods without selectors train no phase).
-        spe = trainer.steps_per_epoch
         run["training"] = {
             "examples": len(train_split), "batch_size": config.batch_size,
-            "steps_per_epoch": spe, "steps": trainer.total_steps,
-            "frozen_backbone_steps": min(config.freeze_backbone_steps or round(
-                config.freeze_backbone_epochs * spe), trainer.total_steps)}
+            "steps_per_epoch": trainer.steps_per_epoch, "steps": trainer.total_steps,
+            "frozen_backbone_steps": trainer.scheduled_frozen_steps}
         # Only now that the weights and the teacher loaded is the workdir created: a bad
         # --checkpoint leaves nothing behind. The chief writes the run's files; workers share them.
         ensure_output_dir(config.workdir, "--workdir")

@@ -8,18 +8,17 @@ really converted SPViT file, so attribution is checked against names the convert
 import csv
 import json
 import os
-import pathlib
 import subprocess
 import sys
 
 import pytest
 
-from conftest import shipped_main_run
+import conftest
+from conftest import REPO, shipped_main_run
 from spvit_tf import bench_results
 from spvit_tf.tflite import profile
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "tflite_models" / "cifar10" / f"cifar10_{shipped_main_run()}_int8.tflite"
+SHIPPED = conftest.SHIPPED / f"cifar10_{shipped_main_run()}_int8.tflite"
 
 
 def table_line(op_type, ms, name, csv=False, calls=1):
