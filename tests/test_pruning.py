@@ -9,7 +9,7 @@ import spvit_tf
 from conftest import timm_fixture
 from spvit_tf.pruning import PruningConfig
 from spvit_tf.pruning.methods import method_names
-from spvit_tf.pruning.tokens import TokenState, package_token
+from spvit_tf.pruning.tokens import PACKAGE_PRIOR, TokenState, package_token
 
 METHODS = method_names()
 # Small CIFAR-shaped backbones: 64 patch tokens (DeiT), grids 15/8/4 (PiT).
@@ -172,13 +172,16 @@ def test_dropped_tokens_stay_dropped_under_gumbel_sampling():
 
 
 def test_package_token_is_the_keep_score_weighted_mean_of_dropped_tokens():
+    # Σ w·x / (Σ w + PACKAGE_PRIOR): a weighted mean with a zero vector of weight
+    # PACKAGE_PRIOR averaged in (our bounded form of the official weighted sum).
     rng = np.random.default_rng(0)
     tokens = rng.normal(size=(2, 5, 4)).astype("float32")
     weights = np.array([[0.2, 0, 0.5, 0, 0.3], [0, 0, 0, 1.0, 0]], "float32")
-    expected = (weights[:, :, None] * tokens).sum(1, keepdims=True) / weights.sum(1)[:, None, None]
+    expected = (weights[:, :, None] * tokens).sum(1, keepdims=True) / (
+        weights.sum(1)[:, None, None] + PACKAGE_PRIOR)
     np.testing.assert_allclose(package_token(tokens, weights), expected, rtol=1e-5, atol=1e-6)
 
-    # In the model: the token appended at a location is the mean of the dropped patches
+    # In the model: the token appended at a location is that mean of the dropped patches
     # weighted by their keep probabilities.
     model = build("vit", "spvit")
     x = model.embed(images(2))
@@ -188,9 +191,28 @@ def test_package_token_is_the_keep_score_weighted_mean_of_dropped_tokens():
     dropped = np.ones((2, 64), bool)
     np.put_along_axis(dropped, np.asarray(record["index"]), False, axis=1)
     w = scores * dropped
-    expected = (w[:, :, None] * patches).sum(1) / w.sum(1, keepdims=True)
+    expected = (w[:, :, None] * patches).sum(1) / (w.sum(1, keepdims=True) + PACKAGE_PRIOR)
     np.testing.assert_allclose(np.asarray(new.x)[:, -1], expected, rtol=1e-4, atol=1e-5)
     assert new.x.shape[1] == 1 + 48 + 1
+
+
+def test_package_token_gradient_stays_bounded_when_almost_nothing_is_dropped():
+    """A plain normalised mean Σ w·x / Σ w has gradient (x_i - package) / Σ w in each weight:
+    an image that drops one low-scored token (or none) sent ~1e12 into the selectors, which
+    froze them under Adam. With the prior it is at most |x_i - package| / PACKAGE_PRIOR."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    tokens = tf.constant(rng.normal(size=(3, 6, 8)).astype("float32"))
+    weights = tf.constant([[0.0] * 6, [1e-6] + [0.0] * 5, [0.4, 0, 0, 0.2, 0, 0]])
+    with tf.GradientTape() as tape:
+        tape.watch(weights)
+        package = package_token(tokens, weights)
+        loss = tf.reduce_sum(package * tf.constant(rng.normal(size=(3, 1, 8)).astype("float32")))
+    grad = tape.gradient(loss, weights).numpy()
+    assert np.isfinite(grad).all()
+    assert np.abs(grad).max() < 10.0, np.abs(grad).max()
+    np.testing.assert_allclose(package[0], 0.0, atol=1e-6)  # nothing dropped: a zero package
 
 
 def test_methods_without_package_token_append_nothing():

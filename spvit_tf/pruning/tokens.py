@@ -17,6 +17,7 @@ token's size, which later blocks' attention weights its keys by.
 """
 
 import dataclasses
+import math
 
 import keras
 from keras import ops
@@ -34,6 +35,9 @@ RANKINGS = ("own", "random", "inverted", "centre", "evit")
 _RANKING_METHODS = {"centre": "static", "evit": "evit"}
 # Keeps log(weight) finite for tokens with no weight (not dropped at this location).
 _PACKAGE_EPS = 1e-12
+# The weight of the zero vector every package token averages in (`package_token`): it bounds
+# the package's gradient when little is dropped.
+PACKAGE_PRIOR = 1.0
 
 
 @dataclasses.dataclass
@@ -234,19 +238,33 @@ def sort_tokens(patches, index, scores, selection):
 
 
 def package_token(patches, weights):
-    """Weighted mean (B, 1, D) of `patches` with non-negative `weights` (B, n).
+    """Σ w·x / (Σ w + PACKAGE_PRIOR): the (B, 1, D) package of `patches` (B, n, D) weighted
+    by non-negative `weights` (B, n), the dropped tokens' keep scores (0 for kept ones).
 
-    A mean, not a sum: the package keeps the scale of an ordinary token whatever the number
-    of dropped tokens (which varies per image while training with Gumbel decisions and is
-    fixed at inference), so its residual stream and its int8 quantization range match the
-    other tokens'. The weights are normalised as softmax(log w) rather than divided by their
-    sum: the same numbers, but no DIV, whose int8 kernel aborts when the sum rounds to zero.
-    With no weight at all (nothing dropped) it is the plain mean.
+    Our choice, not the official code's. Its training code appends the unnormalised sum Σ w·x,
+    whose scale grows with the number dropped (which varies per image under Gumbel decisions
+    and is fixed at inference) and so puts the package far outside the other tokens' residual
+    range and int8 scale; its inference file uses a plain mean. Ours is a weighted mean once
+    the dropped weight is large, but with a zero vector of weight PACKAGE_PRIOR averaged in:
+    a plain normalised mean Σ w·x / Σ w has gradient (x_i − package) / Σ w with respect to each
+    weight, unbounded as an image drops almost nothing, and one such image in a batch sends a
+    gradient of ~1e12 into the selectors (the 1e-12 that keeps log w finite), which saturates
+    Adam's second moment and freezes the selectors wherever that step threw them. With the
+    prior the gradient is at most |x_i − package| / PACKAGE_PRIOR, and an image that drops
+    nothing gets a zero package.
+
+    Normalised as a softmax over [log w, log PACKAGE_PRIOR], the extra entry's weight falling
+    on nothing: no DIV, whose int8 kernel aborts when a sum rounds to zero.
     """
-    if weights.shape[-1] == 1:  # one token dropped: it is the package
-        return patches
-    normalised = ops.softmax(ops.log(weights + _PACKAGE_EPS), axis=-1)
-    return ops.matmul(normalised[:, None, :], patches)
+    n = weights.shape[-1]
+    # In 3-D and with reshapes around the softmax (last axis only): the GPU delegate lacks the
+    # 2-D strided slices and ZEROS_LIKE this would otherwise lower to.
+    log_weights = ops.log(ops.reshape(weights, (-1, n, 1)) + _PACKAGE_EPS)
+    prior = log_weights[:, :1] * 0.0 + math.log(PACKAGE_PRIOR)
+    logits = ops.reshape(ops.concatenate([log_weights, prior], axis=1), (-1, 1, n + 1))
+    normalised = ops.reshape(ops.softmax(logits, axis=-1), (-1, n + 1, 1))[:, :n]
+    normalised = ops.reshape(normalised, (-1, 1, n))
+    return ops.matmul(normalised, patches)
 
 
 @keras.saving.register_keras_serializable("spvit_tf")
