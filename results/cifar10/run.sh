@@ -3,7 +3,17 @@
 # every method at the main budget, two more SPViT budgets, the exports, the host benchmark and
 # the report. Each step is skipped when its output exists, so a rerun picks up where a killed
 # one stopped (training itself resumes from its last checkpoint).
-#   bash results/cifar10/run.sh            # from the repo root, ../shared beside it
+#   bash results/cifar10/run.sh          # in the foreground, from anywhere, ../shared beside the repo
+#   bash results/cifar10/run.sh start    # the same in the background (nohup; log $RUNS/run.log)
+#   bash results/cifar10/run.sh status   # which step runs, the finished runs, the last log lines
+#   bash results/cifar10/run.sh stop     # before a session ends: SIGTERM makes the training run
+#                                        # in progress save a checkpoint and the pipeline exit;
+#                                        # that run's latest checkpoint -> results/snapshots/
+#                                        # cifar10_runs/NAME (replacing the previous; commit it)
+# The pipeline takes many hours on 2 CPU cores, so it runs across sessions: start, stop, commit,
+# and start again on any machine (a run's workdir with no checkpoints is seeded from its
+# snapshot; results/longrun.sh). Finished runs are copied into results/cifar10/NAME and their
+# snapshots removed.
 # Budgets are GFLOPs of the 32x32 model (teacher: 0.0836): main 0.054 (-35.4%, the least the
 # results claim allows: at least 35% below the teacher), and 0.063 and 0.046 for the curve.
 # At the main budget: SPViT and hard-drop over 3 seeds, EViT and static over 2, ToMe (no training).
@@ -12,17 +22,76 @@ cd "$(dirname "$0")/../.."
 R=results/cifar10
 DATA=folder:../shared/data/cifar10-jpeg.tar.gz
 TEACHER=$R/teacher/final/model.weights.h5
-
 RUNS=${RUNS:-/work/runs/cifar10}  # training workdirs (checkpoints) live outside the work tree
+SNAPSHOTS=${SNAPSHOTS:-results/snapshots/cifar10_runs}  # committed: a new machine resumes from them
+source results/longrun.sh
 
+snapshot_unfinished() {  # every run with checkpoints and no final eval -> its snapshot
+  local dir name
+  for dir in "$RUNS"/*/; do
+    name=$(basename "$dir")
+    [[ -f $dir/checkpoints/checkpoint && ! -f $dir/final/eval.json ]] || continue
+    mkdir -p "$SNAPSHOTS"
+    longrun_snapshot "$dir" "$SNAPSHOTS/$name"
+  done
+}
+
+case ${1:-} in
+  start)
+    if longrun_alive "$RUNS/run.pid"; then echo "already running (pid $(cat "$RUNS/run.pid"))"; exit 0; fi
+    mkdir -p "$RUNS"
+    # its own session (process group), so that stop can end a step that cannot checkpoint
+    setsid nohup bash results/cifar10/run.sh >> "$RUNS/run.log" 2>&1 < /dev/null &
+    echo $! > "$RUNS/run.pid"
+    echo "started pid $!; log $RUNS/run.log"
+    exit 0 ;;
+  status)
+    longrun_alive "$RUNS/run.pid" && echo "running (pid $(cat "$RUNS/run.pid"))" || echo "not running"
+    for dir in "$R"/*/; do [[ -f $dir/final/eval.json ]] && echo "finished: $(basename "$dir")"; done
+    [[ -f $RUNS/run.log ]] && tail -n 3 "$RUNS/run.log"
+    exit 0 ;;
+  stop)
+    if longrun_alive "$RUNS/run.pid"; then
+      pid=$(cat "$RUNS/run.pid")
+      touch "$RUNS/STOP"
+      if longrun_alive "$RUNS/trainer.pid"; then
+        kill -TERM "$(cat "$RUNS/trainer.pid")"  # saves a checkpoint, then run.sh exits
+      elif [[ $(ps -o pgid= -p "$pid" | tr -d ' ') == "$pid" ]]; then
+        kill -TERM -- "-$pid"  # an evaluation, export or benchmark: rerun from its start
+      else
+        kill -TERM "$pid"
+      fi
+      for _ in $(seq 180); do longrun_alive "$RUNS/run.pid" || break; sleep 1; done
+      longrun_alive "$RUNS/run.pid" && { echo "still running after 180 s" >&2; exit 1; }
+    fi
+    snapshot_unfinished
+    exit 0 ;;
+  "") ;;
+  *) echo "usage: bash results/cifar10/run.sh [start|status|stop]" >&2; exit 2 ;;
+esac
+
+mkdir -p "$RUNS"
+echo $$ > "$RUNS/run.pid"
+rm -f "$RUNS/STOP"
 train() {  # train NAME FLAGS...: one run unless it finished; its logs and final/ -> $R/NAME
   local name=$1; shift
-  [[ -f $R/$name/final/eval.json ]] && return
-  python -m spvit_tf.train --workdir=$RUNS/$name "$@" 2>&1 | tr '\r' '\n' | grep -v "━" || true
-  [[ -f $RUNS/$name/final/eval.json ]] || { echo "training $name failed" >&2; exit 1; }
+  if [[ -f $R/$name/final/eval.json ]]; then rm -rf "${SNAPSHOTS:?}/$name"; return; fi
+  longrun_seed "$RUNS/$name" "$SNAPSHOTS/$name"
+  mkdir -p "$RUNS/$name"
+  echo "$(date -u +%FT%TZ) training $name (log $RUNS/$name/train.log)"
+  python -m spvit_tf.train --workdir="$RUNS/$name" "$@" >> "$RUNS/$name/train.log" 2>&1 &
+  echo $! > "$RUNS/trainer.pid"
+  local rc=0
+  wait $! || rc=$?
+  rm -f "$RUNS/trainer.pid"
+  if [[ -f $RUNS/STOP ]]; then echo "stopped during $name: rerun to resume"; exit 0; fi
+  [[ -f $RUNS/$name/final/eval.json ]] || {
+    echo "training $name failed (exit $rc): see $RUNS/$name/train.log" >&2; exit 1; }
   rm -rf "$R/$name.tmp"; mkdir -p "$R/$name.tmp"
   cp -r "$RUNS/$name"/{final,flags.txt,run.json,metrics.jsonl} "$R/$name.tmp/"
   rm -rf "$R/$name"; mv "$R/$name.tmp" "$R/$name"
+  rm -rf "${SNAPSHOTS:?}/$name"
+  echo "$(date -u +%FT%TZ) finished $name: $(grep -o '"eval_top1": [0-9.]*' "$R/$name/final/eval.json")"
 }
 train teacher --flagfile=configs/cifar10_teacher.cfg
 finetune() { train "$1" --flagfile=configs/cifar10_finetune.cfg --checkpoint=$TEACHER "${@:2}"; }

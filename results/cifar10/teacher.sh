@@ -20,29 +20,10 @@ SNAPSHOT=results/snapshots/cifar10_teacher  # outside results/cifar10: the repor
 FINAL=results/cifar10/teacher
 CMD=(python -m spvit_tf.train --flagfile=configs/cifar10_teacher.cfg --workdir="$WORKDIR")
 
-running() { [[ -f $WORKDIR/train.pid ]] && kill -0 "$(cat "$WORKDIR/train.pid")" 2>/dev/null; }
-
-seed_from_snapshot() {  # a workdir without checkpoints starts from the committed snapshot
-  [[ -d $WORKDIR/checkpoints && -n $(ls -A "$WORKDIR/checkpoints") ]] && return
-  [[ -f $SNAPSHOT/checkpoint ]] || return 0
-  mkdir -p "$WORKDIR/checkpoints"
-  cp "$SNAPSHOT"/ckpt-* "$SNAPSHOT/checkpoint" "$WORKDIR/checkpoints/"
-  cp "$SNAPSHOT/run.json" "$SNAPSHOT/flags.txt" "$SNAPSHOT/metrics.jsonl" "$WORKDIR/"
-  echo "seeded $WORKDIR from $SNAPSHOT ($(sed -n 1p "$SNAPSHOT/checkpoint"))"
-}
-
-snapshot() {  # only the latest checkpoint, with the index rewritten to name it alone
-  local latest
-  latest=$(sed -n 's/^model_checkpoint_path: "\(.*\)"$/\1/p' "$WORKDIR/checkpoints/checkpoint")
-  local tmp=$SNAPSHOT.tmp
-  rm -rf "$tmp"; mkdir -p "$tmp"
-  cp "$WORKDIR/checkpoints/$latest".* "$tmp/"
-  printf 'model_checkpoint_path: "%s"\nall_model_checkpoint_paths: "%s"\n' "$latest" "$latest" \
-    > "$tmp/checkpoint"
-  cp "$WORKDIR/run.json" "$WORKDIR/flags.txt" "$WORKDIR/metrics.jsonl" "$tmp/"
-  rm -rf "$SNAPSHOT"; mv "$tmp" "$SNAPSHOT"
-  echo "snapshot: $SNAPSHOT <- $latest"
-}
+source results/longrun.sh
+running() { longrun_alive "$WORKDIR/train.pid"; }
+seed_from_snapshot() { longrun_seed "$WORKDIR" "$SNAPSHOT"; }
+snapshot() { longrun_snapshot "$WORKDIR" "$SNAPSHOT"; }
 
 case ${1:-} in
   start)
@@ -78,6 +59,9 @@ case ${1:-} in
     done
     # The shipped files too (run.sh exports the new teacher and main SPViT run again; the main
     # run's name follows its budget, so the old one's files would otherwise stay behind).
-    rm -f tflite_models/cifar10/cifar10_*; echo "removed the shipped exports of the previous teacher" ;;
+    rm -f tflite_models/cifar10/cifar10_*; echo "removed the shipped exports of the previous teacher"
+    # and run.sh's unfinished fine-tunes of it, with their snapshots
+    rm -rf "${RUNS:-/work/runs/cifar10}" results/snapshots/cifar10_runs
+    echo "removed run.sh's workdirs and snapshots of the previous teacher" ;;
   *) echo "usage: bash results/cifar10/teacher.sh start|status|stop|snapshot|finish" >&2; exit 2 ;;
 esac
