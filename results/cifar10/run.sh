@@ -112,6 +112,20 @@ sys.exit(0 if gap >= 0.01 else f"the selectors do not rank (own - random = {gap:
 PY
 }
 rank_check spvit_b054
+gap_check() {  # gap_check RUN: the second gate: RUN within reach of the teacher
+  # The claim needs SPViT's seed mean within 1.0 point of the teacher; one seed more than
+  # GAP_GATE (default 1.25: a 1.0 mean stays plausible within seed noise) below it means the
+  # recipe misses, and the 11 runs after it would all be redone under a new one.
+  python - "$R/teacher/final/eval.json" "$R/$1/final/eval.json" "${GAP_GATE:-1.25}" <<'PY'
+import json, sys
+teacher, run = (json.load(open(p))["eval_top1"] for p in sys.argv[1:3])
+gap = 100 * (teacher - run)
+print(f"{sys.argv[2]}: top-1 {run:.4f}, {gap:.2f} points under the teacher ({teacher:.4f})")
+sys.exit(0 if gap <= float(sys.argv[3]) else f"{gap:.2f} points under the teacher (> {sys.argv[3]}): "
+         "fix the recipe (configs/cifar10_finetune.cfg) before the baselines and more seeds")
+PY
+}
+gap_check spvit_b054
 finetune hard_b054 --mode=hard --budget_gflops=0.054
 rank_check hard_b054
 finetune evit_b054 --mode=evit --budget_gflops=0.054
