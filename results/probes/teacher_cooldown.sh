@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Cool-down probe of the CIFAR-10 teacher mid-run: is >= 85% at the end of its 100 epochs
-# within reach? Takes the committed snapshot (results/snapshots/cifar10_teacher), evaluates it
-# as it is, then anneals a copy of its weights to ~0 over 2 epochs (fresh AdamW, a 0.1-epoch
-# warm-up to the LR the long run is at, cosine to 1e-6; everything else the teacher's config).
-# A short cool-down recovers most of what the rest of a cosine would add at that point, so its
-# accuracy is a rough lower bound on the finished teacher's. The long run is untouched.
+# Cool-down probe of the CIFAR-10 teacher mid-run: is >= 85% at the end of its run within
+# reach? Takes the committed snapshot (results/staging/cifar10/teacher; `run.sh snapshot`
+# refreshes it), evaluates it as it is, then anneals a copy of its weights to ~0 over 2 epochs
+# (fresh AdamW, a 0.1-epoch warm-up to the LR the long run is at, cosine to 1e-6; everything
+# else the teacher's config). A short cool-down recovers most of what the rest of a cosine
+# would add at that point, so its accuracy is a rough lower bound on the finished teacher's.
+# The long run is untouched.
 #   bash results/probes/teacher_cooldown.sh     # from anywhere; ~15 min on 2 idle cores
 # Output: results/probes/teacher_step<N>/ (as-is eval) and teacher_step<N>_cooldown2/ (flags,
-# metrics log, eval.json). Pause the long run while it runs (kill -STOP its pid, -CONT after).
+# metrics log, eval.json). Pause the long run while it runs
+# (kill -STOP "$(cat /work/runs/cifar10/trainer.pid)", -CONT after).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-SNAPSHOT=results/snapshots/cifar10_teacher
+SNAPSHOT=results/staging/cifar10/teacher
 step=$(sed -n 's/^model_checkpoint_path: "ckpt-\(.*\)"$/\1/p' "$SNAPSHOT/checkpoint")
 W=${PROBE_WORKDIR:-/work/runs/probes}/teacher_step$step
 OUT=results/probes/teacher_step$step
