@@ -102,8 +102,9 @@ def test_gpu_friendly_selection_matches_top_k(family):
     np.testing.assert_allclose(twin(x), model(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("grouped", [True, False])  # inference's convolution, training's einsum
 @pytest.mark.parametrize("shared", [False, True])
-def test_headwise_dense_is_one_matmul_per_head_and_folds_an_affine_input(shared):
+def test_headwise_dense_is_one_matmul_per_head_and_folds_an_affine_input(shared, grouped):
     from spvit_tf.pruning.selector import fold_affine, headwise_dense
 
     rng = np.random.default_rng(0)
@@ -117,8 +118,28 @@ def test_headwise_dense_is_one_matmul_per_head_and_folds_an_affine_input(shared)
         (x[:, :, h] * per_head(h, scale) + per_head(h, shift)) @ per_head(h, kernel)
         + per_head(h, bias) for h in range(heads)], axis=-1)
     folded = fold_affine(*(t.astype("float32") for t in (kernel, bias, scale, shift)))
-    out = headwise_dense(x.reshape(2, 7, heads * c).astype("float32"), *folded)
+    out = headwise_dense(x.reshape(2, 7, heads * c).astype("float32"), *folded, grouped)
     np.testing.assert_allclose(out, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_the_training_and_inference_selector_graphs_score_alike(shared):
+    """The selector's training graph (log-probabilities, einsums) and its inference graph
+    (keep probability only, grouped convolutions) give the same keep probabilities, and the
+    log-probabilities are those of the keep probability's two-way softmax per head."""
+    from spvit_tf.pruning.selector import MultiHeadTokenSelector
+
+    selector = MultiHeadTokenSelector(64, 4, shared_head_mlps=shared, initial_keep=0.6)
+    patches = tf.random.stateless_normal((3, 10, 64), seed=(0, 1))
+    keep = tf.cast(tf.random.stateless_uniform((3, 10), seed=(0, 2)) < 0.7, "float32")
+    log_probs, trained = selector(patches, keep, log_probs=True)
+    none, inferred = selector(patches, keep, log_probs=False)
+    assert none is None and tuple(log_probs.shape) == (3, 10, 2)
+    np.testing.assert_allclose(trained, inferred, atol=1e-6, rtol=0)
+    assert 0.0 < float(tf.reduce_min(trained)) and float(tf.reduce_max(trained)) < 1.0
+    # the weighted means of per-head log-softmaxes: a distribution's log per head, so
+    # exp(log_probs) sums to at most 1 over (keep, drop), with equality for a single head
+    assert float(tf.reduce_max(tf.reduce_sum(tf.exp(log_probs), -1))) <= 1.0 + 1e-5
 
 
 @pytest.mark.parametrize("family", ["vit", "pit"])

@@ -12,20 +12,27 @@ from keras import ops
 from spvit_tf.layers import LayerNorm, masked_softmax
 
 
-def headwise_dense(x, kernel, bias):
+def headwise_dense(x, kernel, bias, grouped=True):
     """x (B, n, H * c) with head-major channels -> (B, n, H * u): each head's c channels
     times its own kernel (H, c, u), or a shared one (c, u), plus bias (H, u) or (u,).
 
-    A grouped 1 x 1 convolution: TFLite CONV_2D with the bias fused, on the tokens' own
-    layout, because a BATCH_MATMUL per head needs heads leading (transposes) and a separate
-    bias ADD, which is slower (benchmarks/pruning_overhead.py times the selector).
+    `grouped`: as a grouped 1 x 1 convolution, on the tokens' own layout: TFLite runs it as
+    one CONV_2D with the bias fused, faster than a BATCH_MATMUL per head, which needs heads
+    leading (transposes) and a separate bias ADD (benchmarks/pruning_overhead.py times the
+    selector). Otherwise as an einsum: the same products, but XLA on CPU differentiates a
+    grouped convolution about ten times slower than the batched matmul an einsum becomes,
+    so the training graph takes this one (benchmarks/finetune_step.py).
     """
     channels, units = kernel.shape[-2], kernel.shape[-1]
     heads = x.shape[-1] // channels
     kernel = ops.broadcast_to(kernel, (heads, channels, units))  # shared: the same per head
-    grouped = ops.reshape(ops.transpose(kernel, (1, 0, 2)), (1, channels, heads * units))
     bias = ops.reshape(ops.broadcast_to(bias, (heads, units)), (heads * units,))
-    return ops.conv(x, grouped, data_format="channels_last") + bias
+    if not grouped:
+        n = x.shape[1]
+        y = ops.einsum("bnhc,hcu->bnhu", ops.reshape(x, (-1, n, heads, channels)), kernel)
+        return ops.reshape(y, (-1, n, heads * units)) + bias
+    grouped_kernel = ops.reshape(ops.transpose(kernel, (1, 0, 2)), (1, channels, heads * units))
+    return ops.conv(x, grouped_kernel, data_format="channels_last") + bias
 
 
 def fold_affine(kernel, bias, scale, shift):
@@ -61,20 +68,21 @@ class HeadwiseDense(keras.layers.Layer):
         )
         self.bias = self.add_weight(name="bias", shape=lead + (self.units,), initializer="zeros")
 
-    def call(self, x, context=None, contrast=False):
+    def call(self, x, context=None, contrast=False, grouped=True):
         """x (B, n, H * c_x) -> (B, n, H * u). `context` (B, 1, H * (c - c_x)): the trailing
         input channels, the same for every token; their product is taken once and added as a
         bias instead of once per token. `contrast`: one output, unit 0 minus unit 1 (a two-way
         softmax's logit) in one product. Kernel slices and differences are constants the
-        TFLite converter folds."""
+        TFLite converter folds. `grouped`: see `headwise_dense`."""
         kernel, bias = self.kernel, self.bias
         if contrast:
             kernel, bias = kernel[..., :1] - kernel[..., 1:], bias[..., :1] - bias[..., 1:]
         if context is None:
-            return headwise_dense(x, kernel, bias)
+            return headwise_dense(x, kernel, bias, grouped)
         split = x.shape[-1] * kernel.shape[-2] // (x.shape[-1] + context.shape[-1])  # c_x
-        context_bias = headwise_dense(context, kernel[..., split:, :], ops.zeros_like(bias))
-        return headwise_dense(x, kernel[..., :split, :], bias) + context_bias
+        context_bias = headwise_dense(context, kernel[..., split:, :], ops.zeros_like(bias),
+                                      grouped)
+        return headwise_dense(x, kernel[..., :split, :], bias, grouped) + context_bias
 
     def get_config(self):
         return {**super().get_config(), "units": self.units, "shared": self.shared}
@@ -140,8 +148,12 @@ class MultiHeadTokenSelector(keras.layers.Layer):
         """patches (B, n, D), keep (B, n) or None -> (log-probs (B, n, 2), keep prob (B, n)).
 
         `log_probs=False` (inference) returns None for them: only the keep probability ranks.
-        Tensors stay (B, n, H * width), heads in the channels, so no op transposes.
+        Tensors stay (B, n, H * width), heads in the channels, so no op transposes. The
+        headwise layers are grouped convolutions at inference (what TFLite runs fastest) and
+        einsums with the log-probabilities (training's Gumbel graph: what XLA differentiates
+        fastest); both compute the same products.
         """
+        grouped = not log_probs
         n, heads = patches.shape[1], self.num_heads
         gelu = lambda t: ops.gelu(t, approximate=False)  # noqa: E731
         x = ops.reshape(patches, (-1, n, heads, self.head_dim))
@@ -159,8 +171,8 @@ class MultiHeadTokenSelector(keras.layers.Layer):
             self.in_proj.kernel, self.in_proj.bias, self.norm.gamma, self.norm.beta
         )
         half = self.head_dim // 2  # local features, and those averaged into global context
-        local = gelu(headwise_dense(x, kernel[..., :half], bias[..., :half]))
-        context = gelu(headwise_dense(x, kernel[..., half:], bias[..., half:]))
+        local = gelu(headwise_dense(x, kernel[..., :half], bias[..., :half], grouped))
+        context = gelu(headwise_dense(x, kernel[..., half:], bias[..., half:], grouped))
         if keep is None:
             context = ops.mean(context, axis=1, keepdims=True)
         else:
@@ -168,14 +180,14 @@ class MultiHeadTokenSelector(keras.layers.Layer):
             context = ops.sum(context * weights, axis=1, keepdims=True) / ops.sum(
                 weights, axis=1, keepdims=True
             )
-        x = gelu(self.score_mlp[0](local, context=context))
-        x = gelu(self.score_mlp[1](x))
+        x = gelu(self.score_mlp[0](local, context=context, grouped=grouped))
+        x = gelu(self.score_mlp[1](x, grouped=grouped))
         # Keep probability = softmax over (keep, drop) = sigmoid of their difference: at
         # inference one output unit and a LOGISTIC, not a 2-wide SOFTMAX and a slice (slow in
         # XNNPACK); training also needs the log-probabilities of both.
         last = self.score_mlp[-1]
         if log_probs:
-            logits = ops.reshape(last(x), (-1, n, heads, 2))
+            logits = ops.reshape(last(x, grouped=grouped), (-1, n, heads, 2))
             keep_logit = logits[..., 0] - logits[..., 1]
         else:
             keep_logit = last(x, contrast=True)  # (B, n, H)
