@@ -106,6 +106,11 @@ case ${1:-all} in
       [[ -f $run/final/eval.json ]] && echo "trained: $(basename "$run") $(grep -o '"eval_top1": [0-9.]*' "$run/final/eval.json")"
     done
     [[ -f $RUNS/run.log ]] && tail -n 3 "$RUNS/run.log"
+    if alive "$RUNS/trainer.pid" && [[ -f $RUNS/training ]]; then  # the run in progress
+      metrics=$RUNS/$(cat "$RUNS/training")/metrics.jsonl
+      grep -h '"eval_top1"' "$metrics" | tail -n 2 || true
+      tail -n 1 "$metrics"
+    fi
     exit 0 ;;
   snapshot) snapshot; exit 0 ;;
   stop)
@@ -142,6 +147,7 @@ train() {  # train NAME FLAGS...: one run unless it finished; its logs and final
   # --workdir last: it overrides any a flagfile names
   python -m spvit_tf.train "$@" --workdir="$RUNS/$name" >> "$RUNS/$name/train.log" 2>&1 &
   echo $! > "$RUNS/trainer.pid"
+  echo "$name" > "$RUNS/training"
   local rc=0
   wait $! || rc=$?
   rm -f "$RUNS/trainer.pid"
