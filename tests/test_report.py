@@ -338,7 +338,9 @@ def test_readme_results_are_the_committed_logs():
     shipped = REPO / "tflite_models" / "cifar10"
     runs = report.attach_exports(report.read_runs(results), [results / "tflite", shipped],
                                  results / "bench" / "results.json")
-    assert {r.method for r in runs} == {"dense", "spvit", "hard", "evit", "static"}
+    methods = {r.method for r in runs}  # ToMe: in rounds from the one with the 120-epoch teacher
+    assert {"dense", "spvit", "hard", "evit", "static"} <= methods <= {
+        "dense", "spvit", "hard", "evit", "static", "tome"}
     assert len([r for r in runs if r.method == "spvit"]) >= 3
     table = report.results_markdown(runs)
     readme = (REPO / "README.md").read_text()
