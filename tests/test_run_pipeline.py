@@ -12,6 +12,7 @@ in seconds. The real trainer's SIGTERM and resume are tested in test_train.py.
 import os
 import pathlib
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -51,9 +52,17 @@ def env(tmp_path):
     fake = bin_dir / "python"
     fake.write_text(FAKE_TRAINER)
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
-    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "REAL_PYTHON": sys.executable,
-            "RUNS": str(tmp_path / "runs"), "STAGE": str(tmp_path / "stage"),
-            "RESULTS": str(tmp_path / "results"), "SHIP": str(tmp_path / "ship")}
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "REAL_PYTHON": sys.executable, "RUNS": str(tmp_path / "runs"),
+           "STAGE": str(tmp_path / "stage"), "RESULTS": str(tmp_path / "results"),
+           "SHIP": str(tmp_path / "ship")}
+    yield env
+    pid_file = tmp_path / "runs" / "run.pid"  # a failed test leaves no pipeline running
+    if pid_file.exists():
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)  # start gives it its own group
+        except (ProcessLookupError, ValueError):
+            pass
 
 
 def run_sh(env, *args):
