@@ -338,7 +338,7 @@ def test_readme_results_are_the_committed_logs():
     shipped = REPO / "tflite_models" / "cifar10"
     runs = report.attach_exports(report.read_runs(results), [results / "tflite", shipped],
                                  results / "bench" / "results.json")
-    methods = {r.method for r in runs}  # ToMe: in rounds from the one with the 120-epoch teacher
+    methods = {r.method for r in runs}  # ToMe: in rounds from the one with the 150-epoch teacher
     assert {"dense", "spvit", "hard", "evit", "static"} <= methods <= {
         "dense", "spvit", "hard", "evit", "static", "tome"}
     assert len([r for r in runs if r.method == "spvit"]) >= 3
