@@ -48,7 +48,7 @@ def variant_argv(variant, weights, workdir):
 
 
 def step_rate(variant, weights, workdir):
-    """(images/s, steps timed) of `variant`'s compiled training step on one fixed batch."""
+    """Images/s of `variant`'s compiled training step on one fixed batch."""
     from spvit_tf import data, train
     from spvit_tf.preprocessing import Preprocessor
     from spvit_tf.train_config import TrainConfig
