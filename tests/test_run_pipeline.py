@@ -185,3 +185,18 @@ def test_a_killed_promote_resumes_without_deleting_what_it_moved(env):
     assert promoted.returncode == 0, promoted.stderr
     assert sorted(p.name for p in results.iterdir()) == ["hard_b054", "spvit_b054", "teacher"]
     assert not stage.exists()
+
+
+def test_start_without_the_package_installed_says_how_to_install_it(env, tmp_path):
+    """A fresh machine where `pip install` was not run: one line on how, no pipeline started."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "python").write_text("#!/usr/bin/env bash\necho 'No module named absl' >&2; exit 1\n")
+    (bare / "python").chmod(0o755)
+    env = {**env, "PATH": f"{bare}:{env['PATH']}"}
+    for command in ("start", "train"):
+        result = run_sh(env, command)
+        assert result.returncode == 2
+        assert result.stderr.strip().count("\n") == 0
+        assert "pip install" in result.stderr and "Traceback" not in result.stderr
+        assert not (pathlib.Path(env["RUNS"]) / "run.pid").exists()

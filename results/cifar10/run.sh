@@ -37,6 +37,11 @@ if new_round; then OUT=$STAGE; else OUT=$R; fi  # where trained runs land
 TEACHER=$OUT/teacher/final/model.weights.h5
 
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }  # alive PIDFILE
+installed() {  # the package and its dependencies import, or one line on how to install them
+  python -c 'import spvit_tf.train' 2>/dev/null && return 0
+  echo "spvit_tf does not import in $(command -v python): install it first with pip install -e ." >&2
+  return 1
+}
 
 seed() {  # seed NAME: an empty workdir starts from the committed snapshot of NAME, if any
   local work=$RUNS/$1 snap=$STAGE/$1
@@ -93,6 +98,7 @@ promote() {  # the staged round (every run trained) replaces the committed one
 case ${1:-all} in
   start)
     if alive "$RUNS/run.pid"; then echo "already running (pid $(cat "$RUNS/run.pid"))"; exit 0; fi
+    installed || exit 2
     mkdir -p "$RUNS"
     # its own session (process group), so that stop can end a step that cannot checkpoint
     setsid nohup bash results/cifar10/run.sh train >> "$RUNS/run.log" 2>&1 < /dev/null &
@@ -135,6 +141,7 @@ case ${1:-all} in
      exit 2 ;;
 esac
 
+installed || exit 2
 mkdir -p "$RUNS"
 echo $$ > "$RUNS/run.pid"
 rm -f "$RUNS/STOP"
