@@ -13,10 +13,8 @@ the table is regenerated.
 """
 
 import contextlib
-import datetime
 import os
 import pathlib
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +41,8 @@ def shown(text, inputs, out):
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # the TFLite converter's notes while building inputs
     import test_bad_inputs as battery
+
+    from spvit_tf.benchmark import append_log, log_header
 
     unknown = sorted(set(FLAGS.cases) - set(battery.BY_ID))
     if unknown:
@@ -84,13 +84,8 @@ def main(argv):
                        "|---|---|---|---|---|", *rows])
     print(table)
     if FLAGS.log:
-        git = lambda *args: subprocess.run(["git", *args], cwd=REPO, capture_output=True,  # noqa: E731
-                                           text=True).stdout.strip()
-        commit = git("rev-parse", "--short", "HEAD") + ("+changes" if git("status", "--porcelain") else "")
-        with open(REPO / FLAGS.log, "a", encoding="utf-8") as log:
-            log.write(f"# {datetime.datetime.now().isoformat(timespec='seconds')} commit "
-                      f"{commit or '?'}, {len(cases)} case(s), load {os.getloadavg()[0]:.2f}\n\n"
-                      + "\n\n".join(details) + "\n\n" + table + "\n\n")
+        append_log(REPO / FLAGS.log, [log_header(f"{len(cases)} case(s)"), "", "\n\n".join(details),
+                                      "", table])
 
 
 if __name__ == "__main__":

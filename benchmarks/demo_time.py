@@ -25,10 +25,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
-    from spvit_tf.benchmark import host_description
+    from spvit_tf.benchmark import append_log, log_header
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    load = os.getloadavg()[0]
+    header = log_header()  # the load before the run
     with tempfile.TemporaryDirectory() as workdir:
         started = time.perf_counter()
         result = subprocess.run(
@@ -41,13 +41,12 @@ def main(argv):
     top1 = re.search(r"eval top-1\s+(\S+)", result.stdout)
     with open(os.path.join(repo, "results/cifar10/teacher/final/eval.json")) as f:
         teacher = json.load(f)["eval_top1"]  # which teacher the demo fine-tuned
-    line = (f"{time.strftime('%Y-%m-%d %H:%M')} {host_description()}, load {load:.2f}: demo "
-            f"{seconds // 60:.0f} min {seconds % 60:.0f} s, top-1 {top1.group(1) if top1 else '?'} "
-            f"on the subset (teacher: {teacher:.4f} on the full test set)")
+    line = (f"demo {seconds // 60:.0f} min {seconds % 60:.0f} s, top-1 "
+            f"{top1.group(1) if top1 else '?'} on the subset (teacher: {teacher:.4f} on the full "
+            "test set)")
     print(line)
     if FLAGS.log:
-        with open(FLAGS.log, "a") as f:
-            f.write(line + "\n")
+        append_log(FLAGS.log, [header, line])
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ cost). Appends its table to --log; check `uptime` first: other processes halve t
 """
 
 import os
-import subprocess
 import tempfile
 import time
 
@@ -77,17 +76,14 @@ def main(argv):
     del argv
     import keras
 
-    from spvit_tf.benchmark import host_description
+    from spvit_tf.benchmark import append_log, log_header
     from spvit_tf.models import create_model
     from spvit_tf.train_config import TrainConfig
 
     base = TrainConfig.from_argv([f"--flagfile={FLAGS.config}", "--workdir=unused"])
     options = dict(o.split("=") for o in base.model_options)
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                            text=True).stdout.strip() or "no git"
-    lines = [f"# {time.strftime('%Y-%m-%d %H:%M')} {commit} {host_description()}, "
-             f"load {os.getloadavg()[0]:.2f}, batch {base.batch_size}, {FLAGS.config}, "
-             f"budget {FLAGS.budget_gflops} GFLOPs"]
+    lines = [log_header(f"batch {base.batch_size}", FLAGS.config,
+                        f"budget {FLAGS.budget_gflops} GFLOPs")]
     print(lines[0], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         keras.utils.set_random_seed(0)
@@ -104,8 +100,7 @@ def main(argv):
                          f"{relative}")
             print(lines[-1], flush=True)
     if FLAGS.log:
-        with open(FLAGS.log, "a") as f:
-            f.write("\n".join(lines) + "\n\n")
+        append_log(FLAGS.log, lines)
 
 
 if __name__ == "__main__":

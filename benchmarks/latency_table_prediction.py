@@ -21,7 +21,6 @@ script measures and logs how well the sum predicts a real model.
 
 import os
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -79,14 +78,12 @@ def predictions(fmt, folder):
 
 def main(argv):
     del argv
-    from spvit_tf.benchmark import host_description
+    from spvit_tf.benchmark import append_log, log_header
 
     logging.set_verbosity(logging.WARNING)  # the converter logs every SavedModel step at INFO
 
-    lines = [f"# {time.strftime('%Y-%m-%d %H:%M')} {host_description()}, "
-             f"load {os.getloadavg()[0]:.2f}, {MODEL} at {FLAGS.image_size}px, tokens "
-             f"{FLAGS.tokens}, {FLAGS.threads} thread(s), {FLAGS.rounds} rounds x {FLAGS.runs} "
-             "runs"]
+    lines = [log_header(f"{MODEL} at {FLAGS.image_size}px", f"tokens {FLAGS.tokens}",
+                        f"{FLAGS.threads} thread(s)", f"{FLAGS.rounds} rounds x {FLAGS.runs} runs")]
     print(lines[0], flush=True)
     for fmt in FLAGS.formats:
         with tempfile.TemporaryDirectory() as folder:
@@ -96,8 +93,7 @@ def main(argv):
                          f"{measured:7.3f} ms  error {predicted / measured - 1:+6.1%}")
             print(lines[-1], flush=True)
     if FLAGS.log:
-        with open(FLAGS.log, "a") as f:
-            f.write("\n".join(lines) + "\n\n")
+        append_log(FLAGS.log, lines)
 
 
 if __name__ == "__main__":

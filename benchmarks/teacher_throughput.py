@@ -87,11 +87,10 @@ def step_rate(width, depth):
 def main(argv):
     del argv
     from spvit_tf import data
-    from spvit_tf.benchmark import host_description
+    from spvit_tf.benchmark import append_log, log_header
     from spvit_tf.flops import model_cost
 
-    lines = [f"# {time.strftime('%Y-%m-%d %H:%M')} {host_description()}, "
-             f"load {os.getloadavg()[0]:.2f}, batch {FLAGS.batch_size}"]
+    lines = [log_header(f"batch {FLAGS.batch_size}")]
     split = data.load_split(FLAGS.data, data.TRAIN)
     for name, options in RECIPES.items():
         rate = input_rate(split, data.Augment(**options))
@@ -107,8 +106,7 @@ def main(argv):
                      f"{rate:8.0f} img/s  {epoch_min:5.1f} min/epoch")
         print(lines[-1], flush=True)
     if FLAGS.log:
-        with open(FLAGS.log, "a") as f:
-            f.write("\n".join(lines) + "\n\n")
+        append_log(FLAGS.log, lines)
 
 
 if __name__ == "__main__":

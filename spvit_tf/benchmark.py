@@ -158,6 +158,24 @@ def host_description():
     return f"{cpu}, {os.cpu_count()} cpus, {platform.system()} {platform.machine()}"
 
 
+def log_header(*details):
+    """The first line of a benchmark log entry: when, at which commit, on which host and how
+    loaded it was (other processes on a small host halve a throughput, so the load belongs
+    with every number), then DETAILS, comma-separated."""
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
+                            text=True, cwd=os.path.dirname(os.path.abspath(__file__))
+                            ).stdout.strip() or "no git"
+    return ", ".join([f"# {time.strftime('%Y-%m-%d %H:%M')} {commit} {host_description()}",
+                      f"load {os.getloadavg()[0]:.2f}", *details])
+
+
+def append_log(path, lines):
+    """Appends one entry (LINES, then a blank line) to the benchmark log at PATH in one write,
+    so that an interrupted benchmark leaves no partial entry."""
+    with open(path, "a", encoding="utf-8") as log:
+        log.write("\n".join(lines) + "\n\n")
+
+
 def combine_rounds(results):
     """One row's numbers from per-round `measure` results: medians of the per-round latency
     statistics (one slow round moves nothing), the fastest run, the largest memory growth."""

@@ -131,6 +131,19 @@ def test_combine_rounds():
                             init_ms=110.0, first_ms=22.0, peak_memory_mb=5.0)
 
 
+def test_benchmark_log_entries_name_host_load_and_details_and_append(tmp_path):
+    from spvit_tf.benchmark import append_log, host_description, log_header
+
+    header = log_header("batch 128", "budget 0.054 GFLOPs")
+    assert header.startswith("# ") and host_description() in header
+    assert header.endswith(", batch 128, budget 0.054 GFLOPs")
+    assert ", load " in header
+    log = tmp_path / "bench.log"
+    append_log(log, [header, "step 99.0 img/s"])
+    append_log(log, ["# second", "row"])
+    assert log.read_text() == f"{header}\nstep 99.0 img/s\n\n# second\nrow\n\n"
+
+
 def test_models_the_runtime_rejects_are_failed_rows_and_exit_1(models, tmp_path):
     """A file the runtime rejects is a failed row, the good model is still timed, and the exit
     status is 1 with one line naming it, unless --allow_failures. (Truncated and bit-flipped
