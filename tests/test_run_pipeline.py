@@ -66,8 +66,16 @@ def env(tmp_path):
 
 
 def run_sh(env, *args):
-    return subprocess.run(["bash", str(RUN_SH), *args], env=env, capture_output=True, text=True,
-                          timeout=120)
+    """run.sh ARGS to its end; a hung one is killed with everything it started (its own group)."""
+    process = subprocess.Popen(["bash", str(RUN_SH), *args], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def wait_for(path, timeout=60):

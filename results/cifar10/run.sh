@@ -38,7 +38,7 @@ TEACHER=$OUT/teacher/final/model.weights.h5
 
 alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }  # alive PIDFILE
 installed() {  # the package and its dependencies import, or one line on how to install them
-  python -c 'import spvit_tf.train' 2>/dev/null && return 0
+  python -c 'from spvit_tf import train' 2>/dev/null && return 0
   echo "spvit_tf does not import in $(command -v python): install it first with pip install -e ." >&2
   return 1
 }
