@@ -273,7 +273,7 @@ done
 # Every file, the teacher's fp32 first: the benchmark compares the others with the first.
 # --all_signatures: every budget of the multi-budget file is a row of its own. Files exported
 # after the benchmark ran (none of their rows in results.json) are timed and merged into it.
-shopt -s nullglob  # $R/tflite/*.tflite are not committed: a checkout has the shipped files only
+shopt -s nullglob  # $R/tflite/*_fp32.tflite are not committed: a checkout has the int8 files only
 models=$SHIP/cifar10_teacher_fp32.tflite
 for file in $SHIP/*.tflite $R/tflite/*.tflite; do
   [[ $file == */cifar10_teacher_fp32.tflite ]] || models+=",$file"
