@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Full fine-tune probe on a cooled mid-run teacher: does the results recipe
-# (configs/cifar10_finetune.cfg) bring a method within a point of its
-# teacher at the main budget? Uses the cool-down probe's weights (teacher_cooldown.sh), so the
-# answer comes before the long teacher run ends; the gap to a cooled mid-run teacher only approximates the
-# gap to the finished one.
+# (configs/cifar10_finetune.cfg) bring a method within a point of its teacher at the main
+# budget? Uses the cool-down probe's weights (teacher_cooldown.sh), so the answer comes before
+# the long teacher run ends; the gap to a cooled mid-run teacher only approximates the gap to
+# the finished one.
 #   bash results/probes/finetune_cooled.sh STEP MODE [FLAGS...]   # ~45 min on an idle AVX-512 host
 # e.g. STEP=13485 MODE=spvit. Output: results/probes/ft<STEP>_<MODE><suffix>/ (flags, metrics log,
 # eval.json, rankings.json for learned rankings). SUFFIX names a variant run with extra FLAGS.
